@@ -1,0 +1,55 @@
+"""Default: a class-conditional DDPM on a deliberately duplicated 16×16 subset of the offline MNIST.
+
+Sized so this 2-core CPU makes it memorize its duplicated images in minutes (README main job).
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "mnist_offline"  # or mnist / fashion_mnist / cifar10 (tfds, prepared in data_dir)
+  c.data.data_dir = ""  # tfds data_dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.data.resolution = 16
+  c.data.channels = 1
+  c.data.n_unique_per_class = 100
+  c.data.num_duplicated_per_class = 1  # images per duplicated class that are repeated …
+  c.data.dup_factor = 50  # … this many times
+  c.data.dup_fraction = 0.0  # alternative: this fraction of all unique images is repeated
+  c.data.duplicated_classes = (0, 1, 2, 3, 4)  # () = every class
+
+  c.model = ml_collections.ConfigDict()
+  c.model.base_channels = 32
+  c.model.channel_mults = (1, 2, 2)
+  c.model.num_res_blocks = 1
+  c.model.attention_resolutions = (8,)
+  c.model.dropout = 0.0
+  c.model.num_groups = 8
+  c.model.num_heads = 1
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.schedule = "linear"  # β 1e-4 → 0.02
+  c.diffusion.T = 1000
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 4000
+  c.train.batch_size = 64
+  c.train.lr = 1e-3
+  c.train.warmup_steps = 200
+  c.train.weight_decay = 0.0
+  c.train.grad_clip = 1.0
+  c.train.ema_decay = 0.999
+  c.train.p_uncond = 0.1  # condition dropout → null id, for classifier-free guidance
+  c.train.log_every = 50
+  c.train.checkpoint_every = 500
+  c.train.max_to_keep = 3
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.sampler = "ddim"
+  c.sample.num_steps = 50
+  c.sample.eta = 0.0
+  c.sample.spacing = "uniform"
+  c.sample.clip_x0 = True
+  return c

@@ -1,0 +1,1 @@
+"""minidiff: a minimal JAX diffusion codebase for studying memorization and guidance."""

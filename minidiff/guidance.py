@@ -1,0 +1,403 @@
+"""Classifier-free guidance (Ho & Salimans 2022) and the strategies that decide its weight w.
+
+The guided prediction is ε̂ = ε_u + w·(ε_c − ε_u), with ε_c / ε_u the model's noise predictions
+under the condition and under the null condition at the same x_t and t. A strategy is a small frozen
+dataclass that chooses w per sampling step k *and per sample*; every strategy works with every
+sampler in `minidiff.samplers`.
+
+A strategy's protocol (all the sampler calls):
+  - `needs_cond` / `needs_uncond`: which branches the model must evaluate (a skipped branch costs
+    nothing; the sampler then makes one B-sized call instead of a 2B-sized one);
+  - `validate(T)`: checks that need the schedule length (e.g. τ ∈ [0, T));
+  - `init_state(batch)`: a pytree carried through the sampling scan; it always has a
+    `transition_step` [B] int32 field (the step k at which w_post took over, −1 if never / n.a.);
+  - `weight(state, k, t, d_eps, d_x0, *, schedule) -> (w [B], new_state)`: called once per step with
+    d_eps = ‖ε_c − ε_u‖₂ and d_x0 = ‖x̂₀_c − x̂₀_u‖₂ [B] from the *same* forward pass, so a dynamic
+    transition detected at step k applies w_post already at step k.
+
+Strategies by name (`make_strategy(name, **overrides)`, `STRATEGY_NAMES`): none, conditional, cfg,
+static, opposite, dynamic, dynamic_opposite, interval, linear, cosine.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from minidiff.schedule import NoiseSchedule
+
+PyTree = Any
+EpsFn = Callable[[jax.Array, jax.Array, PyTree], jax.Array]
+MEASURES = ("eps", "x0")
+
+
+def guide(eps_c: jax.Array, eps_u: jax.Array, w: jax.Array) -> jax.Array:
+  """Guided prediction ε̂ = ε_u + w·(ε_c − ε_u) with a per-sample w [B].
+
+  Ho & Salimans 2022 eq. 6 written with w = 1 + their w (w = 0 unconditional, w = 1 conditional).
+  """
+  w = jnp.asarray(w, eps_c.dtype)
+  w = w.reshape(w.shape + (1,) * (eps_c.ndim - w.ndim))
+  return eps_u + w * (eps_c - eps_u)  # ε̂ = ε_u + w (ε_c − ε_u)
+
+
+def predict_branches(
+    eps_fn: EpsFn,
+    x_t: jax.Array,
+    t: jax.Array,
+    cond: PyTree,
+    null_cond: PyTree,
+    *,
+    use_cond: bool = True,
+    use_uncond: bool = True,
+) -> tuple[jax.Array | None, jax.Array | None]:
+  """Evaluates ε_c and/or ε_u in ONE forward pass; a branch not asked for comes back as None.
+
+  With both branches, cond and null_cond are concatenated leaf by leaf into a 2B batch (x_t and t
+  repeated) and the output is split in halves; with one branch the call is B-sized.
+
+  Args:
+    eps_fn: the denoiser `eps_fn(x_t [B,...], t [B] int32, cond) -> ε [B,...]`.
+    x_t: noisy images [B, H, W, C].
+    t: int32 timesteps [B].
+    cond: condition pytree with leading dim B.
+    null_cond: null condition, same structure as `cond`.
+    use_cond: evaluate the conditional branch.
+    use_uncond: evaluate the unconditional (null) branch.
+
+  Returns:
+    (ε_c, ε_u), each [B, H, W, C] or None.
+  """
+  if use_cond and use_uncond:
+    both = jax.tree.map(lambda c, n: jnp.concatenate([c, n], axis=0), cond, null_cond)
+    eps = eps_fn(jnp.concatenate([x_t, x_t], axis=0), jnp.concatenate([t, t], axis=0), both)
+    eps_c, eps_u = jnp.split(eps, 2, axis=0)
+    return eps_c, eps_u
+  if use_cond:
+    return eps_fn(x_t, t, cond), None
+  if use_uncond:
+    return None, eps_fn(x_t, t, null_cond)
+  raise ValueError("predict_branches: at least one of use_cond / use_uncond must be True.")
+
+
+@struct.dataclass
+class GuidanceState:
+  """Carried state of the stateless-in-w strategies: only the transition bookkeeping."""
+
+  transition_step: jax.Array  # [B] int32: step k at which w_post took over, −1 if never / n.a.
+
+
+@struct.dataclass
+class DynamicState:
+  """Carried state of the dynamic transition rule (all [B] unless noted)."""
+
+  transition_step: jax.Array  # int32 k of the transition, −1 until it fires (latched after)
+  window: jax.Array  # [B, smooth] last raw d values, NaN before the first steps
+  d_prev2: jax.Array  # smoothed d_{k−2} (NaN before it exists)
+  d_prev1: jax.Array  # smoothed d_{k−1}
+  peak: jax.Array  # running max of smoothed d over steps ≤ k−1 (−inf before the first)
+
+
+def _no_transition(batch: int) -> GuidanceState:
+  return GuidanceState(transition_step=jnp.full((batch,), -1, jnp.int32))
+
+
+def _per_sample(value: jax.Array, d: jax.Array) -> jax.Array:
+  return jnp.broadcast_to(jnp.asarray(value, jnp.float32), d.shape)
+
+
+def _check_finite(**values: float) -> None:
+  for name, v in values.items():
+    if not math.isfinite(v):
+      raise ValueError(f"{name} must be a finite number, got {v!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy(abc.ABC):
+  """Base of all guidance strategies: a frozen, hashable configuration (see the module doc)."""
+
+  @abc.abstractmethod
+  def levels(self) -> tuple[float, ...]:
+    """The w values this strategy can apply (for a ramp: its two ends)."""
+
+  @property
+  def needs_uncond(self) -> bool:
+    """Whether ε_u must be evaluated: some applied w differs from 1."""
+    return any(w != 1.0 for w in self.levels())
+
+  @property
+  def needs_cond(self) -> bool:
+    """Whether ε_c must be evaluated: some applied w differs from 0."""
+    return any(w != 0.0 for w in self.levels())
+
+  def validate(self, T: int) -> None:  # noqa: N803 (the paper's name)
+    """Raises ValueError if the strategy cannot run on a schedule of length T."""
+    del T
+
+  def init_state(self, batch: int) -> PyTree:
+    """Initial carried state for a batch of `batch` samples."""
+    return _no_transition(batch)
+
+  @abc.abstractmethod
+  def weight(
+      self, state: PyTree, k: jax.Array, t: jax.Array, d_eps: jax.Array, d_x0: jax.Array, *,
+      schedule: NoiseSchedule,
+  ) -> tuple[jax.Array, PyTree]:
+    """Returns (w [B] float32, new_state) for step k at timestep t (scalar on the 0…T−1 scale)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Constant(Strategy):
+  """Constant w: 0 = unconditional ("none"), 1 = conditional, > 1 = CFG, < 0 = opposite guidance."""
+
+  w: float = 7.5
+
+  def __post_init__(self):
+    _check_finite(w=self.w)
+
+  def levels(self) -> tuple[float, ...]:
+    return (self.w,)
+
+  def weight(self, state, k, t, d_eps, d_x0, *, schedule):
+    return _per_sample(self.w, d_eps), state
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticTransition(Strategy):
+  """Static transition point (Jain et al. 2025): w = w_pre while t > τ, w = w_post while t ≤ τ.
+
+  τ is on the model's 0…T−1 scale and need not lie on the sampler's grid. Delayed CFG is
+  w_pre = 0; opposite guidance is w_pre = −s. transition_step = the first k with t_k ≤ τ.
+  """
+
+  w_pre: float = 0.0
+  tau: int = 500
+  w_post: float = 7.5
+
+  def __post_init__(self):
+    _check_finite(w_pre=self.w_pre, w_post=self.w_post)
+    if self.tau != int(self.tau) or self.tau < 0:
+      raise ValueError(f"tau must be an integer timestep ≥ 0, got {self.tau!r}.")
+    object.__setattr__(self, "tau", int(self.tau))
+
+  def levels(self) -> tuple[float, ...]:
+    return (self.w_pre, self.w_post)
+
+  def validate(self, T: int) -> None:  # noqa: N803
+    if not 0 <= self.tau < T:
+      raise ValueError(f"tau must lie in [0, T) = [0, {T}), got {self.tau}.")
+
+  def weight(self, state, k, t, d_eps, d_x0, *, schedule):
+    after = jnp.asarray(t) <= self.tau  # STP: guidance switches once t ≤ τ
+    fired = (state.transition_step < 0) & after
+    ts = jnp.where(fired, jnp.asarray(k, jnp.int32), state.transition_step)
+    w = jnp.where(after, self.w_post, self.w_pre)
+    return _per_sample(w, d_eps), GuidanceState(transition_step=ts)
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicTransition(Strategy):
+  """Dynamic transition point (Jain et al. 2025), per sample, online, latched.
+
+  With d_k the per-sample distance at step k (measure "eps": ‖ε_c − ε_u‖₂, the paper; "x0":
+  ‖x̂₀_c − x̂₀_u‖₂, SCIENCE.md §6), the rule fires at the first k ≥ 2 with d_{k−2} > d_{k−1} and
+  d_k > d_{k−1} (a strict local minimum at k−1; equal values never count). Since d_k comes from
+  the same forward pass, w_post applies from step k itself; before it w = w_pre. If no minimum
+  occurs, guidance never switches.
+
+  w_pre defaults to 1 as in the authors' dynamic script (their static script uses 0).
+  Guards (SCIENCE.md §7; the defaults reproduce the authors' exact rule):
+    min_step: earliest step index k at which the rule may fire (≥ 2).
+    peak_fraction: a minimum counts only if d_{k−1} ≤ peak_fraction · max_{j≤k−1} d_j, i.e. d
+      has really fallen from its running peak, not wiggled; 1.0 = no guard.
+    smooth: the rule runs on the trailing mean of the last `smooth` d values (fewer at the start);
+      1 = raw d.
+  """
+
+  w_pre: float = 1.0
+  w_post: float = 7.5
+  measure: str = "eps"
+  min_step: int = 2
+  peak_fraction: float = 1.0
+  smooth: int = 1
+
+  def __post_init__(self):
+    _check_finite(w_pre=self.w_pre, w_post=self.w_post)
+    if self.measure not in MEASURES:
+      raise ValueError(f"measure must be one of {MEASURES}, got {self.measure!r}.")
+    if self.min_step != int(self.min_step) or self.min_step < 2:
+      raise ValueError(
+          f"min_step must be an integer ≥ 2 (the rule needs 3 points), got {self.min_step!r}.")
+    if not 0.0 < self.peak_fraction <= 1.0:
+      raise ValueError(f"peak_fraction must lie in (0, 1], got {self.peak_fraction!r}.")
+    if self.smooth != int(self.smooth) or self.smooth < 1:
+      raise ValueError(f"smooth must be an integer window ≥ 1, got {self.smooth!r}.")
+    object.__setattr__(self, "min_step", int(self.min_step))
+    object.__setattr__(self, "smooth", int(self.smooth))
+
+  def levels(self) -> tuple[float, ...]:
+    return (self.w_pre, self.w_post)
+
+  @property
+  def needs_uncond(self) -> bool:
+    return True  # d needs both branches at every step
+
+  @property
+  def needs_cond(self) -> bool:
+    return True
+
+  def init_state(self, batch: int) -> DynamicState:
+    nan = jnp.full((batch,), jnp.nan, jnp.float32)
+    return DynamicState(
+        transition_step=jnp.full((batch,), -1, jnp.int32),
+        window=jnp.full((batch, int(self.smooth)), jnp.nan, jnp.float32),
+        d_prev2=nan, d_prev1=nan, peak=jnp.full((batch,), -jnp.inf, jnp.float32))
+
+  def weight(self, state, k, t, d_eps, d_x0, *, schedule):
+    d = (d_eps if self.measure == "eps" else d_x0).astype(jnp.float32)
+    window = jnp.concatenate([state.window[:, 1:], d[:, None]], axis=1)
+    d_k = jnp.nanmean(window, axis=1)  # trailing mean over the last ≤ smooth steps
+    d_km1, d_km2 = state.d_prev1, state.d_prev2
+    # DTP: strict local minimum at k−1: d_{k−2} > d_{k−1} < d_k (NaN before k = 2 compares False)
+    is_min = (k >= self.min_step) & (d_km2 > d_km1) & (d_k > d_km1)
+    is_min &= d_km1 <= self.peak_fraction * state.peak  # guard: a real fall from the running peak
+    fired = (state.transition_step < 0) & is_min
+    ts = jnp.where(fired, jnp.asarray(k, jnp.int32), state.transition_step)  # latched once ≥ 0
+    w = jnp.where(ts >= 0, self.w_post, self.w_pre)
+    new = DynamicState(transition_step=ts, window=window, d_prev2=d_km1, d_prev1=d_k,
+                       peak=jnp.fmax(state.peak, d_k))
+    return _per_sample(w, d_eps), new
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceInterval(Strategy):
+  """Guidance interval (Kynkäänniemi et al. 2024): w inside σ_t ∈ (σ_lo, σ_hi], 1 outside.
+
+  σ_t = √((1−ᾱ_t)/ᾱ_t); the default interval is their ImageNet-512 choice.
+  """
+
+  w: float = 7.5
+  sigma_lo: float = 0.28
+  sigma_hi: float = 1.61
+
+  def __post_init__(self):
+    _check_finite(w=self.w, sigma_lo=self.sigma_lo, sigma_hi=self.sigma_hi)
+    if not 0.0 <= self.sigma_lo < self.sigma_hi:
+      raise ValueError(f"need 0 ≤ sigma_lo < sigma_hi, got ({self.sigma_lo}, {self.sigma_hi}].")
+
+  def levels(self) -> tuple[float, ...]:
+    return (self.w, 1.0)
+
+  def weight(self, state, k, t, d_eps, d_x0, *, schedule):
+    sigma = schedule.sigma(t)  # σ_t = √((1−ᾱ_t)/ᾱ_t)
+    inside = (sigma > self.sigma_lo) & (sigma <= self.sigma_hi)  # CFG only for σ ∈ (σ_lo, σ_hi]
+    return _per_sample(jnp.where(inside, self.w, 1.0), d_eps), state
+
+
+@dataclasses.dataclass(frozen=True)
+class IncreasingSchedule(Strategy):
+  """Increasing guidance (Wang et al. 2024): w rises from w_min at t = T−1 to w_max at t = 0.
+
+  With u = 1 − t/(T−1): shape "linear" gives w = w_min + (w_max − w_min)·u, "cosine" gives
+  w = w_min + (w_max − w_min)·(1 − cos πu)/2. The defaults (0 → 15) average w = 7.5 over t:
+  Wang et al.'s matched-mean counterpart of a constant w = 7.5.
+  """
+
+  w_min: float = 0.0
+  w_max: float = 15.0
+  shape: str = "linear"
+
+  def __post_init__(self):
+    _check_finite(w_min=self.w_min, w_max=self.w_max)
+    if self.shape not in ("linear", "cosine"):
+      raise ValueError(f"shape must be 'linear' or 'cosine', got {self.shape!r}.")
+
+  def levels(self) -> tuple[float, ...]:
+    return (self.w_min, self.w_max)
+
+  def validate(self, T: int) -> None:  # noqa: N803
+    if T < 2:
+      raise ValueError(f"an increasing schedule needs T ≥ 2, got {T}.")
+
+  def weight(self, state, k, t, d_eps, d_x0, *, schedule):
+    u = 1.0 - jnp.asarray(t, jnp.float32) / (schedule.T - 1)  # 0 at t = T−1, 1 at t = 0
+    if self.shape == "cosine":
+      u = 0.5 * (1.0 - jnp.cos(jnp.pi * u))  # Wang et al.: w ∝ cos(πt/T) + 1
+    w = self.w_min + (self.w_max - self.w_min) * u
+    return _per_sample(w, d_eps), state
+
+
+@dataclasses.dataclass(frozen=True)
+class _Preset:
+  cls: type
+  defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  fixed: frozenset[str] = frozenset()  # fields the name pins (not overridable)
+  s: float | None = None  # opposite guidance: w_pre = −s, overridable as `s`
+
+
+_PRESETS: dict[str, _Preset] = {
+    "none": _Preset(Constant, {"w": 0.0}, frozenset({"w"})),
+    "conditional": _Preset(Constant, {"w": 1.0}, frozenset({"w"})),
+    "cfg": _Preset(Constant, {"w": 7.5}),
+    "static": _Preset(StaticTransition, {"w_pre": 0.0, "tau": 500, "w_post": 7.5}),
+    "opposite": _Preset(StaticTransition, {"tau": 650, "w_post": 7.5}, s=2.0),
+    "dynamic": _Preset(DynamicTransition, {"w_pre": 1.0, "w_post": 7.5}),
+    "dynamic_opposite": _Preset(DynamicTransition, {"w_post": 7.5}, s=7.5),
+    "interval": _Preset(GuidanceInterval),
+    "linear": _Preset(IncreasingSchedule, {"shape": "linear"}, frozenset({"shape"})),
+    "cosine": _Preset(IncreasingSchedule, {"shape": "cosine"}, frozenset({"shape"})),
+}
+STRATEGY_NAMES: tuple[str, ...] = tuple(_PRESETS)
+
+
+def _coerce(value: Any, default: Any) -> Any:
+  """Turns a command-line string into the type of the field's default ("600" → 600)."""
+  if not isinstance(value, str) or isinstance(default, str):
+    return value
+  if isinstance(default, int):
+    as_float = float(value)
+    if as_float != int(as_float):
+      raise ValueError(f"expected an integer, got {value!r}.")
+    return int(as_float)
+  return float(value)
+
+
+def strategy_params(name: str) -> dict[str, Any]:
+  """The overridable parameters of strategy `name` with their defaults."""
+  if name not in _PRESETS:
+    raise ValueError(f"Unknown guidance strategy {name!r}; choose one of {STRATEGY_NAMES}.")
+  p = _PRESETS[name]
+  params = {f.name: f.default for f in dataclasses.fields(p.cls)} | dict(p.defaults)
+  if p.s is not None:
+    params.pop("w_pre")
+    params = {"s": p.s} | params
+  return {k: v for k, v in params.items() if k not in p.fixed}
+
+
+def make_strategy(name: str, **overrides: Any) -> Strategy:
+  """Builds strategy `name` (one of STRATEGY_NAMES) with keyword overrides, e.g. w=3, tau=600.
+
+  String values (from a command line) are converted to the parameter's type. Opposite strategies
+  take `s > 0` and use w_pre = −s. Raises ValueError for unknown names, unknown parameters or
+  bad values.
+  """
+  params = strategy_params(name)
+  unknown = sorted(set(overrides) - set(params))
+  if unknown:
+    raise ValueError(f"Strategy {name!r} has no parameter(s) {unknown}; valid: {sorted(params)}.")
+  try:
+    params |= {k: _coerce(v, params[k]) for k, v in overrides.items()}
+  except ValueError as e:
+    raise ValueError(f"Strategy {name!r}: bad override in {overrides}: {e}") from None
+  preset = _PRESETS[name]
+  if preset.s is not None:
+    s = params.pop("s")
+    if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
+      raise ValueError(f"Strategy {name!r}: opposite-guidance scale s must be > 0, got {s!r}.")
+    params["w_pre"] = -float(s)
+  return preset.cls(**{k: v for k, v in preset.defaults.items() if k in preset.fixed}, **params)

@@ -1,0 +1,380 @@
+"""DDIM (Song et al. 2021) and DDPM ancestral (Ho et al. 2020) sampling with per-step guidance.
+
+The whole loop is one `jax.lax.scan` over a time grid built before it; each step's PRNG key is
+split up front and passed in as scan data. Per step: one forward pass for the branches the
+strategy needs (cond and null concatenated into a 2B batch), w from the strategy, the guided
+ε̂ = ε_u + w·(ε_c − ε_u), then `ddim_step` or `ddpm_step`, which share one signature.
+
+Time runs on the model's scale t = 0 … T−1 (T−1 ≈ pure noise); `t_prev = −1` marks the last step,
+to x₀, with ᾱ_{−1} = 1.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from minidiff import guidance
+from minidiff.guidance import Strategy
+from minidiff.schedule import NoiseSchedule
+
+PyTree = Any
+EpsFn = guidance.EpsFn
+SAMPLERS = ("ddim", "ddpm")
+SPACINGS = ("uniform", "trailing", "linspace")
+
+
+@struct.dataclass
+class Diagnostics:
+  """Per-step record of a sampling run (S steps, batch B).
+
+  d_eps / d_x0 are NaN at every step when the strategy skips a branch (none, conditional, or any
+  constant-branch strategy) unless `compute_d=True` forces both branches.
+  """
+
+  t: jax.Array  # [S] int32 timestep grid, descending
+  d_eps: jax.Array  # [S, B] ‖ε_c − ε_u‖₂ per sample (plain L2 over all pixels)
+  d_x0: jax.Array  # [S, B] ‖x̂₀_c − x̂₀_u‖₂ per sample (unclipped x̂₀)
+  w: jax.Array  # [S, B] guidance weight applied
+  transition_step: jax.Array  # [B] int32 step k where w_post took over, −1 if never / n.a.
+  x0: jax.Array  # [len(x0_steps), B, H, W, C] the (clipped) x̂₀ at the chosen step indices
+
+
+def time_grid(T: int, num_steps: int, spacing: str = "uniform") -> np.ndarray:  # noqa: N803
+  """Descending int32 timesteps (length num_steps) on the 0…T−1 scale.
+
+  Args:
+    T: number of training timesteps.
+    num_steps: sampling steps S, 1 ≤ S ≤ T.
+    spacing: "uniform" (DDIM's leading grid k·⌊T/S⌋, ends at 0, starts below T−1),
+      "trailing" (round(T − k·T/S) − 1, starts at T−1; Lin et al. 2024) or "linspace"
+      (round of S evenly spaced points from T−1 to 0).
+
+  Returns:
+    np.ndarray [S] int32, strictly decreasing.
+  """
+  if spacing not in SPACINGS:
+    raise ValueError(f"Unknown spacing {spacing!r}; choose one of {SPACINGS}.")
+  if int(num_steps) != num_steps or not 1 <= num_steps <= T:
+    raise ValueError(f"num_steps must be an integer in [1, T] = [1, {T}], got {num_steps!r}.")
+  S = int(num_steps)  # noqa: N806
+  if spacing == "uniform":
+    ts = np.arange(S)[::-1] * (T // S)
+  elif spacing == "trailing":
+    ts = np.round(T - np.arange(S) * (T / S)) - 1
+  else:
+    ts = np.round(np.linspace(T - 1, 0, S))
+  return ts.astype(np.int32)
+
+
+def _per_sample(a: jax.Array, x: jax.Array) -> jax.Array:
+  """Broadcasts a scalar or per-sample [B] value against x [B, ...]."""
+  a = jnp.asarray(a, x.dtype)
+  return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
+
+
+def _alpha_bars(schedule: NoiseSchedule, t: jax.Array, t_prev: jax.Array, x: jax.Array):
+  """(ᾱ_t, ᾱ_prev) broadcast against x, with ᾱ_{−1} = 1 for the final step."""
+  t_prev = jnp.asarray(t_prev)
+  ab_prev = jnp.where(t_prev >= 0, schedule.alpha_bar[jnp.maximum(t_prev, 0)], 1.0)
+  return _per_sample(schedule.alpha_bar[t], x), _per_sample(ab_prev, x)
+
+
+def _predict_x0(x_t, eps, ab_t, clip_x0):
+  """x̂₀ = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t, optionally clipped to [−1, 1]."""
+  x0_hat = (x_t - jnp.sqrt(1.0 - ab_t) * eps) / jnp.sqrt(ab_t)  # Song et al. eq. 12, "predicted x₀"
+  return jnp.clip(x0_hat, -1.0, 1.0) if clip_x0 else x0_hat
+
+
+def ddim_step(
+    schedule: NoiseSchedule,
+    x_t: jax.Array,
+    eps: jax.Array,
+    t: jax.Array,
+    t_prev: jax.Array,
+    key: jax.Array,
+    *,
+    eta: float = 0.0,
+    clip_x0: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+  """One DDIM step x_t → x_prev (Song et al. 2021, eq. 12 with σ_t(η) of eq. 16).
+
+  η = 0 is deterministic DDIM; η = 1 is the DDPM posterior on the same grid.
+
+  Args:
+    schedule: the noise schedule.
+    x_t: current sample [B, H, W, C].
+    eps: (guided) noise prediction at (x_t, t).
+    t: current timestep, scalar or [B] int32.
+    t_prev: next timestep on the grid, −1 for the final step to x₀.
+    key: PRNG key for the fresh noise (not used when η is the Python number 0).
+    eta: η ∈ [0, 1].
+    clip_x0: clip x̂₀ to [−1, 1] (ε is then re-derived from the clipped x̂₀).
+
+  Returns:
+    (x_prev, x̂₀), both [B, H, W, C].
+  """
+  ab_t, ab_prev = _alpha_bars(schedule, t, t_prev, x_t)
+  x0_hat = _predict_x0(x_t, eps, ab_t, clip_x0)
+  if clip_x0:
+    eps = (x_t - jnp.sqrt(ab_t) * x0_hat) / jnp.sqrt(1.0 - ab_t)  # ε consistent with clipped x̂₀
+  # σ_t(η) = η √((1−ᾱ_prev)/(1−ᾱ_t)) √(1−ᾱ_t/ᾱ_prev)  (Song et al. eq. 16)
+  sigma = eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab_t)) * jnp.sqrt(1.0 - ab_t / ab_prev)
+  dir_xt = jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma**2, 0.0)) * eps  # eq. 12, "direction to x_t"
+  x_prev = jnp.sqrt(ab_prev) * x0_hat + dir_xt  # eq. 12 without its noise term
+  if isinstance(eta, (int, float)) and eta == 0:
+    return x_prev, x0_hat  # deterministic DDIM: no noise drawn (also saves compiling the RNG)
+  z = jax.random.normal(key, x_t.shape, x_t.dtype)
+  return x_prev + sigma * z, x0_hat  # eq. 12: + σ_t z
+
+
+def ddpm_step(
+    schedule: NoiseSchedule,
+    x_t: jax.Array,
+    eps: jax.Array,
+    t: jax.Array,
+    t_prev: jax.Array,
+    key: jax.Array,
+    *,
+    eta: float = 1.0,
+    clip_x0: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+  """One DDPM ancestral step: a draw from the posterior q(x_prev | x_t, x̂₀) (Ho et al. eq. 6–7).
+
+  On a strided grid the step's β is 1 − ᾱ_t/ᾱ_prev; the result equals `ddim_step` with η = 1.
+  Same signature as `ddim_step`; `eta` is ignored (the posterior variance β̃ is fixed).
+
+  Returns:
+    (x_prev, x̂₀), both [B, H, W, C].
+  """
+  del eta
+  ab_t, ab_prev = _alpha_bars(schedule, t, t_prev, x_t)
+  x0_hat = _predict_x0(x_t, eps, ab_t, clip_x0)
+  beta = 1.0 - ab_t / ab_prev  # β of the (strided) step, α = ᾱ_t/ᾱ_prev
+  # μ̃ = √ᾱ_prev β/(1−ᾱ_t) x̂₀ + √α (1−ᾱ_prev)/(1−ᾱ_t) x_t  (Ho et al. eq. 7)
+  mean = (jnp.sqrt(ab_prev) * beta / (1.0 - ab_t)) * x0_hat + (
+      jnp.sqrt(1.0 - beta) * (1.0 - ab_prev) / (1.0 - ab_t)) * x_t
+  var = (1.0 - ab_prev) / (1.0 - ab_t) * beta  # β̃ = (1−ᾱ_prev)/(1−ᾱ_t) β  (Ho et al. eq. 7)
+  z = jax.random.normal(key, x_t.shape, x_t.dtype)
+  return mean + jnp.sqrt(jnp.maximum(var, 0.0)) * z, x0_hat
+
+
+_STEPS = {"ddim": ddim_step, "ddpm": ddpm_step}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Plan:
+  """Everything about a run that is fixed before tracing (validated on the host)."""
+
+  strategy: Strategy
+  step_fn: Callable
+  use_cond: bool
+  use_uncond: bool
+  grid: np.ndarray  # [S] t_k
+  slots: np.ndarray  # [S] x̂₀ snapshot slot of step k; num_snapshots = not recorded
+  num_snapshots: int  # distinct recorded steps
+  snapshot_order: np.ndarray  # [len(x0_steps)] slot of each requested step, in request order
+
+
+def _plan(schedule, strategy, sampler, num_steps, eta, spacing, x0_steps, compute_d) -> _Plan:
+  """Validates every option and precomputes the grid; raises ValueError before any compile."""
+  if isinstance(strategy, str):
+    strategy = guidance.make_strategy(strategy)
+  if not isinstance(strategy, Strategy):
+    raise ValueError(f"strategy must be a guidance.Strategy or one of {guidance.STRATEGY_NAMES}.")
+  if sampler not in _STEPS:
+    raise ValueError(f"Unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
+  if not 0.0 <= eta <= 1.0:
+    raise ValueError(f"eta must lie in [0, 1], got {eta!r}.")
+  T = schedule.T  # noqa: N806
+  grid = time_grid(T, num_steps, spacing)
+  strategy.validate(T)
+  S = len(grid)  # noqa: N806
+  steps = [int(k) for k in x0_steps]
+  if any(not -S <= k < S for k in steps):
+    raise ValueError(f"x0_steps must be step indices in [−{S}, {S}), got {tuple(x0_steps)}.")
+  steps = [k % S for k in steps]
+  unique = sorted(set(steps))
+  slots = np.full(S, len(unique), np.int32)
+  slots[unique] = np.arange(len(unique), dtype=np.int32)
+  return _Plan(strategy=strategy, step_fn=_STEPS[sampler],
+               use_cond=strategy.needs_cond or compute_d,
+               use_uncond=strategy.needs_uncond or compute_d,
+               grid=grid, slots=slots, num_snapshots=len(unique),
+               snapshot_order=np.asarray([unique.index(k) for k in steps], np.int32))
+
+
+def _guided_step(plan: _Plan, eps_fn, schedule, cond, null_cond, eta, clip_x0,
+                 x_t, state, k, t, t_prev, key):
+  """One sampling step: forward pass, w, guided ε̂, sampler update."""
+  B = x_t.shape[0]  # noqa: N806
+  eps_c, eps_u = guidance.predict_branches(
+      eps_fn, x_t, jnp.full((B,), t, jnp.int32), cond, null_cond,
+      use_cond=plan.use_cond, use_uncond=plan.use_uncond)
+  if plan.use_cond and plan.use_uncond:
+    d_eps = jnp.linalg.norm((eps_c - eps_u).reshape(B, -1), axis=1)  # d_t = ‖ε_c − ε_u‖₂
+  else:
+    d_eps = jnp.full((B,), jnp.nan, x_t.dtype)
+  # x̂₀ = (x_t − √(1−ᾱ)ε)/√ᾱ, so ‖x̂₀_c − x̂₀_u‖ = σ_t ‖ε_c − ε_u‖ with σ_t = √((1−ᾱ_t)/ᾱ_t)
+  d_x0 = d_eps * schedule.sigma(t)
+  w, state = plan.strategy.weight(state, k, t, d_eps, d_x0, schedule=schedule)
+  if eps_u is None:
+    eps = eps_c  # only ever w = 1
+  elif eps_c is None:
+    eps = eps_u  # only ever w = 0
+  else:
+    eps = guidance.guide(eps_c, eps_u, w)  # ε̂ = ε_u + w (ε_c − ε_u)
+  x_prev, x0_hat = plan.step_fn(schedule, x_t, eps, t, t_prev, key, eta=eta, clip_x0=clip_x0)
+  return x_prev, x0_hat, state, (d_eps, d_x0, w)
+
+
+def _scan_data(plan: _Plan, key: jax.Array):
+  S = len(plan.grid)  # noqa: N806
+  t_prev = np.append(plan.grid[1:], -1).astype(np.int32)
+  keys = jax.random.split(key, S)  # one fresh key per step, never reused
+  return (jnp.arange(S, dtype=jnp.int32), jnp.asarray(plan.grid), jnp.asarray(t_prev), keys,
+          jnp.asarray(plan.slots))
+
+
+def sample(
+    eps_fn: EpsFn,
+    schedule: NoiseSchedule,
+    x_T: jax.Array,  # noqa: N803
+    cond: PyTree,
+    null_cond: PyTree,
+    key: jax.Array,
+    *,
+    strategy: Strategy | str,
+    sampler: str = "ddim",
+    num_steps: int = 50,
+    eta: float = 0.0,
+    spacing: str = "uniform",
+    clip_x0: bool = True,
+    x0_steps: Sequence[int] = (),
+    compute_d: bool = False,
+) -> tuple[jax.Array, Diagnostics]:
+  """Samples x₀ from x_T with guidance, as one `lax.scan` over the time grid.
+
+  Args:
+    eps_fn: denoiser `eps_fn(x_t [B,H,W,C], t [B] int32, cond) -> ε [B,H,W,C]`.
+    schedule: the noise schedule the model was trained with.
+    x_T: initial noise [B, H, W, C].
+    cond: condition pytree with leading dim B (may be None if the strategy never needs it).
+    null_cond: null condition, same structure (may be None if never needed).
+    key: PRNG key; split into one key per step.
+    strategy: a `guidance.Strategy` or a strategy name (its defaults).
+    sampler: "ddim" or "ddpm" (ancestral; ignores eta).
+    num_steps: S, 1 ≤ S ≤ T.
+    eta: DDIM η ∈ [0, 1].
+    spacing: time-grid spacing, see `time_grid`.
+    clip_x0: clip x̂₀ to [−1, 1] at every step.
+    x0_steps: step indices k (negative counts from the end, repeats allowed) whose x̂₀ is recorded.
+    compute_d: evaluate both branches even if the strategy needs one, so d_eps/d_x0 are filled.
+
+  Returns:
+    (x₀ [B, H, W, C], Diagnostics).
+  """
+  plan = _plan(schedule, strategy, sampler, num_steps, eta, spacing, x0_steps, compute_d)
+  _check_conds(plan, cond, null_cond)
+
+  def body(carry, xs):
+    x_t, state, snaps = carry
+    k, t, t_prev, step_key, slot = xs
+    x_prev, x0_hat, state, record = _guided_step(
+        plan, eps_fn, schedule, cond, null_cond, eta, clip_x0, x_t, state, k, t, t_prev, step_key)
+    snaps = snaps.at[slot].set(x0_hat)  # slot n is a scratch row for unrecorded steps
+    return (x_prev, state, snaps), record
+
+  snaps = jnp.zeros((plan.num_snapshots + 1,) + x_T.shape, x_T.dtype)
+  init = (x_T, plan.strategy.init_state(x_T.shape[0]), snaps)
+  (x_0, state, snaps), (d_eps, d_x0, w) = jax.lax.scan(body, init, _scan_data(plan, key))
+  return x_0, Diagnostics(t=jnp.asarray(plan.grid), d_eps=d_eps, d_x0=d_x0, w=w,
+                          transition_step=state.transition_step, x0=snaps[plan.snapshot_order])
+
+
+def sample_reference(
+    eps_fn: EpsFn,
+    schedule: NoiseSchedule,
+    x_T: jax.Array,  # noqa: N803
+    cond: PyTree,
+    null_cond: PyTree,
+    key: jax.Array,
+    *,
+    strategy: Strategy | str,
+    sampler: str = "ddim",
+    num_steps: int = 50,
+    eta: float = 0.0,
+    spacing: str = "uniform",
+    clip_x0: bool = True,
+    x0_steps: Sequence[int] = (),
+    compute_d: bool = False,
+    jit_step: bool = True,
+) -> tuple[jax.Array, Diagnostics]:
+  """`sample` as a plain Python loop over steps (same keys, same math), for tests and benchmarks.
+
+  With jit_step=True each step is one dispatch of a jitted step function (compiled once).
+  """
+  plan = _plan(schedule, strategy, sampler, num_steps, eta, spacing, x0_steps, compute_d)
+  _check_conds(plan, cond, null_cond)
+
+  def step(x_t, state, k, t, t_prev, step_key):
+    return _guided_step(plan, eps_fn, schedule, cond, null_cond, eta, clip_x0,
+                        x_t, state, k, t, t_prev, step_key)
+
+  step = jax.jit(step) if jit_step else step
+  ks, ts, t_prevs, keys, _ = _scan_data(plan, key)
+  x, state = x_T, plan.strategy.init_state(x_T.shape[0])
+  records, snaps = [], {}
+  for k in range(len(plan.grid)):
+    x, x0_hat, state, record = step(x, state, ks[k], ts[k], t_prevs[k], keys[k])
+    records.append(record)
+    if plan.slots[k] < plan.num_snapshots:
+      snaps[int(plan.slots[k])] = x0_hat
+  d_eps, d_x0, w = (jnp.stack(r) for r in zip(*records))
+  x0 = (jnp.stack([snaps[int(i)] for i in plan.snapshot_order]) if snaps
+        else jnp.zeros((0,) + x_T.shape, x_T.dtype))
+  return x, Diagnostics(t=jnp.asarray(plan.grid), d_eps=d_eps, d_x0=d_x0, w=w,
+                        transition_step=state.transition_step, x0=x0)
+
+
+def _check_conds(plan: _Plan, cond: PyTree, null_cond: PyTree) -> None:
+  if plan.use_cond and cond is None:
+    raise ValueError(f"{type(plan.strategy).__name__} needs the conditional branch: cond is None.")
+  if plan.use_uncond and null_cond is None:
+    raise ValueError(f"{type(plan.strategy).__name__} needs the null branch: null_cond is None.")
+
+
+def make_sampler(
+    eps_apply: Callable[[PyTree, jax.Array, jax.Array, PyTree], jax.Array],
+    *,
+    schedule: NoiseSchedule,
+    strategy: Strategy | str,
+    sampler: str = "ddim",
+    num_steps: int = 50,
+    eta: float = 0.0,
+    spacing: str = "uniform",
+    clip_x0: bool = True,
+    x0_steps: Sequence[int] = (),
+    compute_d: bool = False,
+) -> Callable[[PyTree, jax.Array, PyTree, PyTree, jax.Array], tuple[jax.Array, Diagnostics]]:
+  """Builds a jitted `(params, x_T, cond, null_cond, key) -> (x₀, Diagnostics)`.
+
+  `eps_apply(params, x_t, t, cond)` is the model; its params are a jit argument, not a baked
+  constant. Options are validated here, before any compile; they mean what they mean in `sample`.
+  The schedule and the grid are compile-time constants.
+  """
+  options = dict(strategy=strategy, sampler=sampler, num_steps=num_steps, eta=eta, spacing=spacing,
+                 clip_x0=clip_x0, x0_steps=tuple(x0_steps), compute_d=compute_d)
+  plan = _plan(schedule, strategy, sampler, num_steps, eta, spacing, x0_steps, compute_d)
+  options["strategy"] = plan.strategy
+
+  @jax.jit
+  def run(params, x_T, cond, null_cond, key):  # noqa: N803
+    eps_fn = lambda x_t, t, c: eps_apply(params, x_t, t, c)  # noqa: E731
+    return sample(eps_fn, schedule, x_T, cond, null_cond, key, **options)
+
+  return run

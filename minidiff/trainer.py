@@ -1,0 +1,227 @@
+"""DDPM training: ε-prediction MSE with condition dropout, AdamW, EMA, checkpoints and resume.
+
+The loss is Ho et al.'s simplified objective L = E_{t, x₀, ε} ‖ε − ε_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t, c)‖²,
+with c replaced by the null id with probability p_uncond (Ho & Salimans' classifier-free guidance).
+Every random draw of step s comes from fold_in(seed, s), and the data order is a function of
+(seed, step), so a resumed run is bitwise the run that was never interrupted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from minidiff import config as config_lib
+from minidiff import data as data_lib
+from minidiff.checkpoint import Checkpointer, abstract_like
+from minidiff.duplication import DuplicatedSubset, build_duplicated_subset
+from minidiff.schedule import NoiseSchedule, make_schedule
+from minidiff.unet import UNet, count_params
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainState:
+  """Everything a checkpoint holds. `params`/`ema_params` are nnx.State pytrees of the UNet."""
+
+  step: int
+  params: Any
+  ema_params: Any
+  opt_state: Any
+
+  def as_dict(self) -> dict[str, Any]:
+    return dict(step=np.int64(self.step), params=self.params, ema_params=self.ema_params,
+                opt_state=self.opt_state)
+
+
+def init_params(config: ml_collections.ConfigDict, *, seed: int | None = None) -> tuple[nnx.GraphDef, Any]:
+  """The UNet of `config` as (graphdef, params), initialised from `seed` (default config.seed).
+
+  The weights are drawn on the host (see `unet.lecun_normal_host`), so this takes well under a second.
+  """
+  model = UNet(config_lib.unet_config(config), rngs=nnx.Rngs(config.seed if seed is None else seed))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  assert not jax.tree.leaves(rest), "the UNet has state besides its parameters"
+  return graphdef, params
+
+
+def build_model(config: ml_collections.ConfigDict, *, seed: int | None = None) -> UNet:
+  """The UNet of `config`, initialised from `seed` (default config.seed)."""
+  return nnx.merge(*init_params(config, seed=seed))
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with linear warmup to a constant learning rate and global-norm gradient clipping."""
+  t = config.train
+  lr = optax.linear_schedule(0.0, t.lr, max(t.warmup_steps, 1)) if t.warmup_steps else t.lr
+  return optax.chain(optax.clip_by_global_norm(t.grad_clip),
+                     optax.adamw(lr, weight_decay=t.weight_decay))
+
+
+def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+  """Indices of batch `step`: epoch e visits a permutation seeded by (seed, e). Depends on step only."""
+  pos = step * batch_size + np.arange(batch_size)
+  epochs, offsets = pos // num_examples, pos % num_examples
+  perms = {e: np.random.default_rng([seed, int(e)]).permutation(num_examples) for e in np.unique(epochs)}
+  return np.asarray([perms[e][o] for e, o in zip(epochs, offsets)])
+
+
+def diffusion_loss(model: UNet, schedule: NoiseSchedule, x0: jax.Array, labels: jax.Array,
+                   key: jax.Array, *, p_uncond: float, null_id: int, train: bool = True) -> jax.Array:
+  """Monte-Carlo estimate of ‖ε − ε_θ(x_t, t, c)‖² (mean over pixels and batch)."""
+  k_t, k_eps, k_drop, k_dropout = jax.random.split(key, 4)
+  b = x0.shape[0]
+  t = jax.random.randint(k_t, (b,), 0, schedule.T)
+  eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+  x_t = schedule.q_sample(x0, t, eps)  # Ho et al. eq. 4
+  cond = jnp.where(jax.random.bernoulli(k_drop, p_uncond, (b,)), null_id, labels)
+  eps_hat = model(x_t, t, cond, dropout_key=k_dropout if train else None)
+  return jnp.mean((eps - eps_hat) ** 2)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    schedule: NoiseSchedule, *, p_uncond: float, null_id: int,
+                    ema_decay: float) -> Callable:
+  """A jitted `(params, opt_state, ema, x0, labels, key, step) → (params, opt_state, ema, metrics)`.
+
+  params, opt_state and ema are donated: the step updates them in place.
+  """
+
+  def loss_of_params(params, x0, labels, key):
+    return diffusion_loss(nnx.merge(graphdef, params), schedule, x0, labels, key,
+                          p_uncond=p_uncond, null_id=null_id)
+
+  @jax.jit
+  def step_fn(params, opt_state, ema, x0, labels, key, step):
+    loss, grads = jax.value_and_grad(loss_of_params)(params, x0, labels, key)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    # EMA with the usual warm-up so short runs are not dominated by the random init.
+    decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+    return params, opt_state, ema, dict(loss=loss, grad_norm=optax.global_norm(grads))
+
+  return jax.jit(step_fn, donate_argnums=(0, 1, 2))
+
+
+def load_training_data(config: ml_collections.ConfigDict) -> DuplicatedSubset:
+  """The source dataset at the configured resolution, then the duplicated subset."""
+  d = config.data
+  source = data_lib.load_dataset(d.name, data_dir=d.data_dir or None, resolution=d.resolution)
+  return build_duplicated_subset(source, config_lib.duplication_spec(config))
+
+
+def init_state(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation]:
+  """Fresh parameters, EMA copy and optimizer state."""
+  graphdef, params = init_params(config)
+  tx = make_optimizer(config)
+  ema = jax.tree.map(jnp.copy, params)
+  return graphdef, TrainState(0, params, ema, jax.jit(tx.init)(params)), tx
+
+
+def restore_state(ckpt: Checkpointer, template: TrainState, step: int | None = None) -> TrainState:
+  """The checkpoint (latest readable one by default) in the structure of `template`."""
+  restored_step, d = ckpt.restore(abstract_like(template.as_dict()), step)
+  return TrainState(int(d["step"]), d["params"], d["ema_params"], d["opt_state"])
+
+
+def load_ema_model(workdir: str, config: ml_collections.ConfigDict | None = None) -> tuple[UNet, int]:
+  """The UNet with the EMA parameters of the latest checkpoint in `workdir`, and its step."""
+  config = config or config_lib.load_workdir_config(workdir)
+  graphdef, template, _ = init_state(config)
+  ckpt = Checkpointer(workdir)
+  try:
+    state = restore_state(ckpt, template)
+  finally:
+    ckpt.close()
+  return nnx.merge(graphdef, state.ema_params), state.step
+
+
+def _append_jsonl(path: str, record: dict) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (or resumes) the run in `workdir` up to config.train.steps; returns the final state."""
+  config_lib.validate_config(config)
+  config_lib.check_or_write_workdir_config(config, workdir)
+  t = config.train
+  subset = load_training_data(config)
+  subset.manifest.save(os.path.join(workdir, "manifest.json"))
+  train = subset.train
+  log.info("Training set: %d examples (%d unique, %d duplicated ×%d).", len(train),
+           len(subset.unique_images), int(subset.manifest.is_duplicated.sum()), config.data.dup_factor)
+
+  schedule = make_schedule(config.diffusion.schedule, config.diffusion.T)
+  graphdef, state, tx = init_state(config)
+  log.info("UNet: %d parameters.", count_params(nnx.merge(graphdef, state.params)))
+  ckpt = Checkpointer(workdir, max_to_keep=t.max_to_keep)
+  if ckpt.latest_step() is not None:
+    state = restore_state(ckpt, state)
+    log.info("Resumed from checkpoint at step %d in %s.", state.step, ckpt.directory)
+  if state.step >= t.steps:
+    log.info("Already trained to step %d ≥ train.steps=%d; nothing to do.", state.step, t.steps)
+    ckpt.close()
+    return state
+
+  null_id = config_lib.unet_config(config).null_id
+  step_fn = make_train_step(graphdef, tx, schedule, p_uncond=t.p_uncond, null_id=null_id,
+                            ema_decay=t.ema_decay)
+  base_key = jax.random.key(config.seed)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  params, opt_state, ema = state.params, state.opt_state, state.ema_params
+  last_good = ckpt.latest_step()
+  window, t_window = [], time.perf_counter()
+  pending = None  # (step, metrics) of the step in flight: checked after the next one is dispatched
+
+  def check(step: int, metrics: dict) -> float:
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+      where = f"step {last_good} in {ckpt.directory}" if last_good is not None else "none yet"
+      raise FloatingPointError(
+          f"Training loss became {loss} at step {step}. Last good checkpoint: {where} (kept). "
+          f"Lower config.train.lr or raise warmup_steps, then rerun to resume from it.")
+    return loss
+
+  bar = tqdm(range(state.step, t.steps), initial=state.step, total=t.steps, desc="train",
+             unit="step", dynamic_ncols=True, mininterval=1.0)
+  for step in bar:
+    idx = batch_indices(len(train), t.batch_size, step, config.seed)
+    key = jax.random.fold_in(base_key, step)
+    params, opt_state, ema, metrics = step_fn(params, opt_state, ema, train.images[idx],
+                                              train.labels[idx], key, step)
+    if pending is not None:
+      window.append(check(*pending))
+    pending = (step, metrics)
+    done = step + 1
+    if done % t.log_every == 0 or done == t.steps or done % t.checkpoint_every == 0:
+      window.append(check(*pending))
+      pending = None
+      elapsed = time.perf_counter() - t_window
+      ips = len(window) * t.batch_size / elapsed
+      record = dict(step=done, loss=float(np.mean(window)), grad_norm=float(metrics["grad_norm"]),
+                    images_per_s=ips, time=time.time())
+      _append_jsonl(metrics_path, record)
+      bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{ips:.0f}")
+      window, t_window = [], time.perf_counter()
+    if done % t.checkpoint_every == 0 or done == t.steps:
+      ckpt.save(done, TrainState(done, params, ema, opt_state).as_dict())
+      last_good = done
+      t_window = time.perf_counter()  # keep checkpoint time out of images/s
+  bar.close()
+  ckpt.close()
+  return TrainState(t.steps, params, ema, opt_state)

@@ -1,0 +1,270 @@
+"""A small DDPM UNet in Flax NNX (Ho et al. 2020; Dhariwal & Nichol 2021), ε-prediction.
+
+Conditioning enters in two places, so a text path can be added without a rewrite:
+  * a vector `emb` [B, D] (time embedding + class embedding) that every ResBlock adds, and
+  * an optional `context` [B, L, C_ctx] of token embeddings (None for the class model) that the
+    attention blocks will cross-attend to.
+The class embedding has `num_classes + 1` rows; id `num_classes` is the null condition for CFG.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+  """Architecture of the UNet. `attention_resolutions` are feature-map sizes that get self-attention."""
+
+  resolution: int = 16
+  in_channels: int = 1
+  base_channels: int = 32
+  channel_mults: tuple[int, ...] = (1, 2, 2)
+  num_res_blocks: int = 1
+  attention_resolutions: tuple[int, ...] = (8,)
+  dropout: float = 0.0
+  num_groups: int = 8
+  num_heads: int = 1
+  num_classes: int = 10
+
+  @property
+  def null_id(self) -> int:
+    """The class id that means "no condition" (classifier-free guidance)."""
+    return self.num_classes
+
+  @property
+  def emb_dim(self) -> int:
+    return 4 * self.base_channels
+
+  def validate(self) -> None:
+    """Raises ValueError when the architecture cannot be built."""
+    levels = len(self.channel_mults)
+    if self.resolution % (2 ** (levels - 1)):
+      raise ValueError(
+          f"model.resolution={self.resolution} is not divisible by 2^{levels - 1} (one halving per "
+          f"level after the first, channel_mults={self.channel_mults}); change the resolution or use "
+          f"fewer channel_mults.")
+    sizes = {self.resolution // 2**i for i in range(levels)}
+    bad = [r for r in self.attention_resolutions if r not in sizes]
+    if bad:
+      raise ValueError(f"model.attention_resolutions={self.attention_resolutions} contains {bad}, "
+                       f"which no level has; the feature-map sizes are {sorted(sizes, reverse=True)}.")
+    for c in {self.base_channels * m for m in self.channel_mults}:
+      if c % self.num_groups:
+        raise ValueError(f"Channel count {c} is not divisible by model.num_groups={self.num_groups}.")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"model.dropout={self.dropout} must lie in [0, 1).")
+    if self.num_classes < 1 or self.base_channels < 1 or self.num_res_blocks < 1:
+      raise ValueError("model.num_classes, base_channels and num_res_blocks must be ≥ 1.")
+
+
+def lecun_normal_host(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+  """LeCun truncated-normal init (flax's default for Linear/Conv), drawn with numpy from the jax key.
+
+  Same distribution as `nnx.initializers.lecun_normal()`, but building the UNet eagerly costs
+  milliseconds: with jax's initializers XLA:CPU compiled for 30–50 s. Deterministic per key.
+  Under tracing (eval_shape) only the shape matters, so zeros are returned.
+  """
+  if isinstance(key, jax.core.Tracer):
+    return jnp.zeros(shape, dtype)
+  seed = np.asarray(jax.random.key_data(key), np.uint32).ravel().tolist()
+  rng = np.random.default_rng(seed)
+  fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else shape[0]
+  std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # truncation to ±2σ shrinks the variance
+  x = rng.standard_normal(shape)
+  bad = np.abs(x) > 2.0
+  while bad.any():  # resample outside ±2: a truncated normal
+    x[bad] = rng.standard_normal(int(bad.sum()))
+    bad = np.abs(x) > 2.0
+  return jnp.asarray(x * std, dtype)
+
+
+def embed_normal_host(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+  """N(0, 1/features) embedding init (flax's Embed default), drawn with numpy like lecun_normal_host."""
+  if isinstance(key, jax.core.Tracer):
+    return jnp.zeros(shape, dtype)
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key), np.uint32).ravel().tolist())
+  return jnp.asarray(rng.standard_normal(shape) / math.sqrt(shape[-1]), dtype)
+
+
+def _linear(c_in: int, c_out: int, *, rngs: nnx.Rngs, zero: bool = False) -> nnx.Linear:
+  return nnx.Linear(c_in, c_out, kernel_init=nnx.initializers.zeros if zero else lecun_normal_host,
+                    rngs=rngs)
+
+
+def _conv(c_in: int, c_out: int, k: int, *, rngs: nnx.Rngs, strides: int = 1,
+          zero: bool = False) -> nnx.Conv:
+  return nnx.Conv(c_in, c_out, (k, k), strides=(strides, strides), rngs=rngs,
+                  kernel_init=nnx.initializers.zeros if zero else lecun_normal_host)
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal embedding of integer timesteps t [B] → [B, dim] (Vaswani et al.; Ho et al.)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  """Inverted dropout with an explicit key; identity when key is None or rate is 0."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+class ResBlock(nnx.Module):
+  """GroupNorm → SiLU → conv → + emb → GroupNorm → SiLU → dropout → conv, plus a skip."""
+
+  def __init__(self, c_in: int, c_out: int, emb_dim: int, *, groups: int, dropout: float,
+               rngs: nnx.Rngs):
+    self.norm1 = nnx.GroupNorm(c_in, groups, rngs=rngs)
+    self.conv1 = _conv(c_in, c_out, 3, rngs=rngs)
+    self.emb_proj = _linear(emb_dim, c_out, rngs=rngs)
+    self.norm2 = nnx.GroupNorm(c_out, groups, rngs=rngs)
+    self.conv2 = _conv(c_out, c_out, 3, rngs=rngs, zero=True)
+    self.skip = _conv(c_in, c_out, 1, rngs=rngs) if c_in != c_out else None
+    self.dropout = dropout
+
+  def __call__(self, x: jax.Array, emb: jax.Array, dropout_key: jax.Array | None) -> jax.Array:
+    h = self.conv1(nnx.silu(self.norm1(x)))
+    h = h + self.emb_proj(nnx.silu(emb))[:, None, None, :]
+    h = _dropout(nnx.silu(self.norm2(h)), self.dropout, dropout_key)
+    h = self.conv2(h)
+    return h + (x if self.skip is None else self.skip(x))
+
+
+class AttentionBlock(nnx.Module):
+  """Multi-head self-attention over the H·W positions, residual.
+
+  `context` (token embeddings) is accepted for the text path; the class model passes None.
+  """
+
+  def __init__(self, channels: int, *, groups: int, num_heads: int, rngs: nnx.Rngs):
+    self.norm = nnx.GroupNorm(channels, groups, rngs=rngs)
+    self.qkv = _linear(channels, 3 * channels, rngs=rngs)
+    self.out = _linear(channels, channels, rngs=rngs, zero=True)
+    self.num_heads = num_heads
+
+  def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+    b, hgt, wid, c = x.shape
+    q, k, v = jnp.split(self.qkv(self.norm(x)).reshape(b, hgt * wid, 3 * c), 3, axis=-1)
+    heads = lambda a: a.reshape(b, hgt * wid, self.num_heads, c // self.num_heads)  # noqa: E731
+    h = jax.nn.dot_product_attention(heads(q), heads(k), heads(v))  # softmax(qkᵀ/√d) v
+    return x + self.out(h.reshape(b, hgt, wid, c))
+
+
+class Downsample(nnx.Module):
+  def __init__(self, channels: int, *, rngs: nnx.Rngs):
+    self.conv = _conv(channels, channels, 3, strides=2, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.conv(x)
+
+
+class Upsample(nnx.Module):
+  def __init__(self, channels: int, *, rngs: nnx.Rngs):
+    self.conv = _conv(channels, channels, 3, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    return self.conv(jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest"))
+
+
+class ClassConditioner(nnx.Module):
+  """Class id (null id = num_classes) → embedding vector; no token context."""
+
+  def __init__(self, num_classes: int, emb_dim: int, *, rngs: nnx.Rngs):
+    self.embed = nnx.Embed(num_classes + 1, emb_dim, embedding_init=embed_normal_host, rngs=rngs)
+
+  def __call__(self, cond: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    return self.embed(cond), None
+
+
+class UNet(nnx.Module):
+  """ε_θ(x_t, t, cond): images [B, H, W, C] in, predicted noise of the same shape out."""
+
+  def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
+    config.validate()
+    self.config = config
+    c0, emb_dim, g = config.base_channels, config.emb_dim, config.num_groups
+    self.time_mlp1 = _linear(c0, emb_dim, rngs=rngs)
+    self.time_mlp2 = _linear(emb_dim, emb_dim, rngs=rngs)
+    self.conditioner = ClassConditioner(config.num_classes, emb_dim, rngs=rngs)
+    self.conv_in = _conv(config.in_channels, c0, 3, rngs=rngs)
+
+    res_kw = dict(groups=g, dropout=config.dropout, rngs=rngs)
+    attn = lambda c: AttentionBlock(c, groups=g, num_heads=config.num_heads, rngs=rngs)  # noqa: E731
+    down, skips_c, c, res = [], [c0], c0, config.resolution
+    for level, mult in enumerate(config.channel_mults):
+      for _ in range(config.num_res_blocks):
+        block = [ResBlock(c, c0 * mult, emb_dim, **res_kw)]
+        c = c0 * mult
+        if res in config.attention_resolutions:
+          block.append(attn(c))
+        down.append(nnx.List(block))
+        skips_c.append(c)
+      if level != len(config.channel_mults) - 1:
+        down.append(nnx.List([Downsample(c, rngs=rngs)]))
+        skips_c.append(c)
+        res //= 2
+    self.down = nnx.List(down)
+    self.mid = nnx.List([ResBlock(c, c, emb_dim, **res_kw), attn(c), ResBlock(c, c, emb_dim, **res_kw)])
+
+    up = []
+    for level, mult in reversed(list(enumerate(config.channel_mults))):
+      for _ in range(config.num_res_blocks + 1):
+        block = [ResBlock(c + skips_c.pop(), c0 * mult, emb_dim, **res_kw)]
+        c = c0 * mult
+        if res in config.attention_resolutions:
+          block.append(attn(c))
+        up.append(nnx.List(block))
+      if level != 0:
+        up.append(nnx.List([Upsample(c, rngs=rngs)]))
+        res *= 2
+    self.up = nnx.List(up)
+    self.norm_out = nnx.GroupNorm(c, g, rngs=rngs)
+    self.conv_out = _conv(c, config.in_channels, 3, rngs=rngs, zero=True)
+
+  def __call__(self, x: jax.Array, t: jax.Array, cond: jax.Array, *,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """Predicts ε. `t` [B] int timesteps, `cond` [B] class ids; dropout only when a key is given."""
+    emb = self.time_mlp2(nnx.silu(self.time_mlp1(timestep_embedding(t, self.config.base_channels))))
+    cond_emb, context = self.conditioner(cond)
+    emb = emb + cond_emb
+    counter = iter(range(10_000))
+    key = lambda: None if dropout_key is None else jax.random.fold_in(dropout_key, next(counter))  # noqa: E731
+
+    def run(block: nnx.List, h: jax.Array) -> jax.Array:
+      for layer in block:
+        if isinstance(layer, ResBlock):
+          h = layer(h, emb, key())
+        elif isinstance(layer, AttentionBlock):
+          h = layer(h, context)
+        else:
+          h = layer(h)
+      return h
+
+    h = self.conv_in(x)
+    skips = [h]
+    for block in self.down:
+      h = run(block, h)
+      skips.append(h)
+    h = run(self.mid, h)
+    for block in self.up:
+      if isinstance(block[0], Upsample):
+        h = run(block, h)
+      else:
+        h = run(block, jnp.concatenate([h, skips.pop()], axis=-1))
+    return self.conv_out(nnx.silu(self.norm_out(h)))
+
+
+def count_params(model: nnx.Module) -> int:
+  """Number of trainable scalars."""
+  return sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))

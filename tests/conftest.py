@@ -1,0 +1,25 @@
+"""Shared test setup: a persistent XLA compilation cache so identical programs compile once per run."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # `configs` is importable from the tests
+CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".cache", "jax-tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+from minidiff import runtime  # noqa: E402
+
+runtime.configure_cpu()
+
+import jax  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+@pytest.fixture
+def tiny_config():
+  from configs import tiny
+  return tiny.get_config()

@@ -1,0 +1,93 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from minidiff.unet import UNet, UNetConfig, count_params, timestep_embedding
+
+
+def _randomise_zero_layers(model: UNet) -> None:
+  """Zero-initialised output layers make a fresh UNet output 0; give every param random values."""
+  params = nnx.state(model, nnx.Param)
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  new = [0.1 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+  nnx.update(model, jax.tree.unflatten(treedef, new))
+
+
+@pytest.fixture(scope="module")
+def small():
+  cfg = UNetConfig(resolution=8, base_channels=8, channel_mults=(1, 2), attention_resolutions=(4,),
+                   num_groups=4, num_classes=3)
+  model = UNet(cfg, rngs=nnx.Rngs(0))
+  _randomise_zero_layers(model)
+  return cfg, model
+
+
+def test_default_shapes_and_parameter_count():
+  model = UNet(UNetConfig(), rngs=nnx.Rngs(0))
+  assert count_params(model) == 1_114_209  # the 1.1M-parameter default (configs/mnist_dup.py)
+  out = model(jnp.zeros((2, 16, 16, 1)), jnp.array([0, 999]), jnp.array([3, 10]))
+  assert out.shape == (2, 16, 16, 1)
+  np.testing.assert_array_equal(out, 0.0)  # zero-initialised output conv
+
+
+def test_cifar_shape():
+  cfg = UNetConfig(resolution=8, in_channels=3, base_channels=8, channel_mults=(1, 2, 2),
+                   attention_resolutions=(), num_groups=4)
+  out = UNet(cfg, rngs=nnx.Rngs(0))(jnp.zeros((3, 8, 8, 3)), jnp.zeros(3, jnp.int32), jnp.zeros(3, jnp.int32))
+  assert out.shape == (3, 8, 8, 3)
+
+
+def test_condition_and_null_id_change_the_output(small):
+  cfg, model = small
+  x = jax.random.normal(jax.random.key(0), (1, 8, 8, 1))
+  t = jnp.array([500])
+  outs = [np.asarray(model(x, t, jnp.array([c]))) for c in (0, 1, cfg.null_id)]
+  assert np.abs(outs[0] - outs[1]).max() > 1e-3
+  assert np.abs(outs[0] - outs[2]).max() > 1e-3
+  assert np.abs(outs[0] - np.asarray(model(x, jnp.array([100]), jnp.array([0])))).max() > 1e-3
+
+
+def test_dropout_only_with_a_key():
+  cfg = UNetConfig(resolution=8, base_channels=8, channel_mults=(1, 2), attention_resolutions=(),
+                   num_groups=4, dropout=0.5)
+  model = UNet(cfg, rngs=nnx.Rngs(0))
+  _randomise_zero_layers(model)
+  args = (jnp.ones((1, 8, 8, 1)), jnp.array([5]), jnp.array([1]))
+  np.testing.assert_array_equal(model(*args), model(*args))
+  a = model(*args, dropout_key=jax.random.key(0))
+  b = model(*args, dropout_key=jax.random.key(1))
+  assert np.abs(np.asarray(a - b)).max() > 1e-4
+
+
+def test_init_is_deterministic_per_seed():
+  cfg = UNetConfig(resolution=8, base_channels=8, channel_mults=(1, 2), attention_resolutions=(),
+                   num_groups=4)
+  p = [nnx.state(UNet(cfg, rngs=nnx.Rngs(s)), nnx.Param) for s in (0, 0, 1)]
+  k = lambda st: np.asarray(st["conv_in"]["kernel"][...])  # noqa: E731
+  np.testing.assert_array_equal(k(p[0]), k(p[1]))
+  assert not np.allclose(k(p[0]), k(p[2]))
+  # LeCun normal: std ≈ 1/√fan_in with fan_in = 3·3·1.
+  big = UNet(UNetConfig(), rngs=nnx.Rngs(0))
+  w = np.asarray(nnx.state(big, nnx.Param)["down"][0][0]["conv1"]["kernel"][...])
+  np.testing.assert_allclose(w.std(), 1 / np.sqrt(9 * 32), rtol=0.05)
+
+
+def test_timestep_embedding_closed_form():
+  e = np.asarray(timestep_embedding(jnp.array([0, 7]), 8))
+  np.testing.assert_allclose(e[0], [1, 1, 1, 1, 0, 0, 0, 0])
+  freqs = np.exp(-np.log(10000.0) * np.arange(4) / 4)
+  np.testing.assert_allclose(e[1], np.concatenate([np.cos(7 * freqs), np.sin(7 * freqs)]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(resolution=10, channel_mults=(1, 2, 2)), "not divisible"),
+    (dict(attention_resolutions=(5,)), "no level has"),
+    (dict(base_channels=30, num_groups=8), "not divisible by model.num_groups"),
+    (dict(dropout=1.0), "dropout"),
+])
+def test_config_validation(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    UNetConfig(**kwargs).validate()
