@@ -81,14 +81,16 @@ def load_tfds(name: str, *, split: str = "train", data_dir: str | None = None) -
   if name not in TFDS_NAMES:
     raise ValueError(f"Unknown tfds dataset {name!r}; supported: {', '.join(TFDS_NAMES)}.")
   data_dir = data_dir or _default_data_dir()
-  try:
+  try:  # download=False: offline, tfds would retry a download for minutes before failing.
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except (AssertionError, FileNotFoundError, ValueError, tfds.core.registered.DatasetNotFoundError) as e:
+  except (AssertionError, FileNotFoundError, NotImplementedError, ValueError,
+          tfds.core.registered.DatasetNotFoundError) as e:
     raise FileNotFoundError(
-        f"tfds dataset {name!r} is not prepared in {data_dir!r}. On a machine with internet run\n"
-        f"  pip install tensorflow tensorflow-datasets && "
-        f"python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='DIR')"
-        f".download_and_prepare()\"\n"
+        f"tfds dataset {name!r} is not prepared in {data_dir!r} in a random-access format "
+        f"({type(e).__name__}). On a machine with internet run\n"
+        f"  pip install tensorflow tensorflow-datasets array_record && python -c \"import "
+        f"tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='DIR', "
+        f"file_format='array_record').download_and_prepare()\"\n"
         f"then copy DIR/{name} to {data_dir}/{name} (or pass --config.data.data_dir=DIR). "
         f"For an offline run use --config.data.name={OFFLINE_MNIST}."
     ) from e

@@ -112,7 +112,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     # EMA with the usual warm-up so short runs are not dominated by the random init.
     decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
-    return params, opt_state, ema, dict(loss=loss, grad_norm=optax.global_norm(grads))
+    return params, opt_state, ema, dict(loss=loss, grad_norm=optax.tree.norm(grads))
 
   return jax.jit(step_fn, donate_argnums=(0, 1, 2))
 
