@@ -1,0 +1,218 @@
+"""Sampling a trained run: guidance specs, shared initial noises, batched jitted samplers, outputs.
+
+A guidance spec is `name[:param=value[:param=value]]`, e.g. `static:tau=600:w_post=3`; several
+specs are compared on the SAME initial noises, classes and sampler keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from minidiff import config as config_lib
+from minidiff import guidance, plots, samplers
+from minidiff.checkpoint import Checkpointer
+from minidiff.schedule import make_schedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceSpec:
+  label: str  # the spec as written, e.g. "static:tau=600"
+  strategy: guidance.Strategy
+
+  @property
+  def slug(self) -> str:
+    """A file-name-safe form of the label."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label.replace(":", "_").replace("=", ""))
+
+
+def parse_guidance(specs: str | Sequence[str], *, T: int, overrides: dict[str, str] | None = None  # noqa: N803
+                   ) -> list[GuidanceSpec]:
+  """Parses comma-separated guidance specs; `overrides` apply to every strategy that has the field.
+
+  Raises ValueError (before anything is compiled) for unknown strategies or parameters and for
+  values out of range, e.g. τ outside [0, T).
+  """
+  items = [s.strip() for s in (specs.split(",") if isinstance(specs, str) else specs) if s.strip()]
+  if not items:
+    raise ValueError("No guidance strategy given; choose from " + ", ".join(guidance.STRATEGY_NAMES))
+  overrides = dict(overrides or {})
+  used = set()
+  out = []
+  for item in items:
+    name, *params = item.split(":")
+    kw = {}
+    for p in params:
+      if "=" not in p:
+        raise ValueError(f"Guidance spec {item!r}: expected param=value, got {p!r}.")
+      k, v = p.split("=", 1)
+      kw[k] = v
+    valid = guidance.strategy_params(name)  # raises for unknown names
+    for k, v in overrides.items():
+      if k in valid and k not in kw:
+        kw[k] = v
+        used.add(k)
+    strategy = guidance.make_strategy(name, **kw)
+    strategy.validate(T)
+    out.append(GuidanceSpec(item, strategy))
+  unused = set(overrides) - used
+  if unused:
+    raise ValueError(f"Override(s) {sorted(unused)} match no parameter of {items}.")
+  labels = [s.label for s in out]
+  if len(set(labels)) != len(labels):
+    raise ValueError(f"Guidance specs repeat: {labels}.")
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+  num: int = 100
+  classes: tuple[int, ...] = ()  # () = every class, cycled
+  sampler: str = "ddim"
+  num_steps: int = 50
+  eta: float = 0.0
+  spacing: str = "uniform"
+  clip_x0: bool = True
+  seed: int = 0
+  batch: int = 200
+  x0_steps: tuple[int, ...] = ()
+
+  def validate(self, T: int, num_classes: int) -> None:  # noqa: N803
+    if self.num < 1:
+      raise ValueError(f"--num={self.num} must be ≥ 1.")
+    if self.batch < 1:
+      raise ValueError(f"--batch={self.batch} must be ≥ 1.")
+    if self.sampler not in samplers.SAMPLERS:
+      raise ValueError(f"--sampler={self.sampler!r}: choose one of {samplers.SAMPLERS}.")
+    if not 0.0 <= self.eta <= 1.0:
+      raise ValueError(f"--eta={self.eta} must lie in [0, 1].")
+    if not 1 <= self.num_steps <= T:
+      raise ValueError(f"--steps={self.num_steps} must lie in [1, T={T}].")
+    samplers.time_grid(T, self.num_steps, self.spacing)  # raises for an unknown spacing
+    bad = [c for c in self.classes if not 0 <= c < num_classes]
+    if bad:
+      raise ValueError(f"--classes contains {bad}; the model has classes 0…{num_classes - 1}.")
+
+
+def options_from_config(config: ml_collections.ConfigDict, **kw: Any) -> SamplingOptions:
+  """Defaults from config.sample, then the given keyword values (None = keep)."""
+  s = config.sample
+  base = dict(sampler=s.sampler, num_steps=s.num_steps, eta=s.eta, spacing=s.spacing,
+              clip_x0=s.clip_x0)
+  base.update({k: v for k, v in kw.items() if v is not None})
+  return SamplingOptions(**base)
+
+
+def shared_inputs(options: SamplingOptions, *, shape: tuple[int, ...], num_classes: int
+                  ) -> tuple[np.ndarray, np.ndarray, jax.Array]:
+  """The initial noises x_T [num, ...], requested labels [num] and sampler key, shared by every strategy."""
+  classes = options.classes or tuple(range(num_classes))
+  labels = np.asarray([classes[i % len(classes)] for i in range(options.num)], np.int32)
+  key = jax.random.key(options.seed)
+  x_T = np.asarray(jax.random.normal(jax.random.fold_in(key, 0), (options.num,) + shape))  # noqa: N806
+  return x_T, labels, jax.random.fold_in(key, 1)
+
+
+@dataclasses.dataclass
+class SampleResult:
+  samples: np.ndarray
+  labels: np.ndarray
+  t: np.ndarray
+  d_eps: np.ndarray  # [S, N]
+  d_x0: np.ndarray
+  w: np.ndarray
+  transition_step: np.ndarray  # [N]
+  x0: np.ndarray
+  compile_s: float
+  sample_s: float
+
+  @property
+  def samples_per_s(self) -> float:
+    return len(self.samples) / self.sample_s
+
+
+def run_strategy(eps_apply, params, schedule, spec: GuidanceSpec, options: SamplingOptions, x_T,  # noqa: N803
+                 labels, key, *, null_id: int) -> SampleResult:
+  """Samples every (x_T, label) pair with one strategy, in fixed-size batches (one compile)."""
+  run = samplers.make_sampler(
+      eps_apply, schedule=schedule, strategy=spec.strategy, sampler=options.sampler,
+      num_steps=options.num_steps, eta=options.eta, spacing=options.spacing,
+      clip_x0=options.clip_x0, x0_steps=options.x0_steps, compute_d=True)
+  n, b = len(labels), min(options.batch, len(labels))
+  pad = -n % b
+  x_all = np.concatenate([x_T, x_T[:pad]]) if pad else x_T
+  y_all = np.concatenate([labels, labels[:pad]]) if pad else labels
+  null = jnp.full((b,), null_id, jnp.int32)
+  t0 = time.perf_counter()
+  compiled = run.lower(params, jnp.asarray(x_all[:b]), jnp.asarray(y_all[:b]), null, key).compile()
+  compile_s = time.perf_counter() - t0
+  outs = []
+  t0 = time.perf_counter()
+  for i in range(0, len(y_all), b):
+    x0, diag = compiled(params, jnp.asarray(x_all[i:i + b]), jnp.asarray(y_all[i:i + b]), null,
+                        jax.random.fold_in(key, i // b))
+    outs.append(jax.device_get((x0, diag)))
+  sample_s = time.perf_counter() - t0
+  per_step = lambda name: np.concatenate([getattr(o[1], name) for o in outs], axis=1)[:, :n]  # noqa: E731
+  result = SampleResult(
+      samples=np.concatenate([o[0] for o in outs])[:n], labels=labels, t=np.asarray(outs[0][1].t),
+      d_eps=per_step("d_eps"), d_x0=per_step("d_x0"), w=per_step("w"), x0=per_step("x0"),
+      transition_step=np.concatenate([o[1].transition_step for o in outs])[:n],
+      compile_s=compile_s, sample_s=sample_s)
+  bad = np.flatnonzero(~np.isfinite(result.samples.reshape(n, -1)).all(axis=1))
+  if len(bad):
+    raise FloatingPointError(f"Strategy {spec.label!r} produced NaN/Inf for {len(bad)} samples "
+                             f"(indices {bad[:20].tolist()}…, classes {labels[bad[:20]].tolist()}).")
+  return result
+
+
+def save_result(result: SampleResult, spec: GuidanceSpec, outdir: str) -> dict[str, str]:
+  """Writes `<slug>.npz`, `<slug>_grid.png` and `<slug>_dt.png` into outdir; returns the paths."""
+  os.makedirs(outdir, exist_ok=True)
+  paths = {k: os.path.join(outdir, f"{spec.slug}{suffix}")
+           for k, suffix in (("npz", ".npz"), ("grid", "_grid.png"), ("dt", "_dt.png"))}
+  np.savez_compressed(paths["npz"], samples=result.samples, labels=result.labels, t=result.t,
+                      d_eps=result.d_eps, d_x0=result.d_x0, w=result.w,
+                      transition_step=result.transition_step, x0=result.x0)
+  order = np.argsort(result.labels, kind="stable")[:100]
+  plots.save_grid(result.samples[order], paths["grid"])
+  fired = result.transition_step >= 0
+  plots.plot_d_curves(result.t, result.d_eps, result.transition_step, paths["dt"],
+                      title=f"{spec.label}: d_t per sample ({int(fired.sum())}/{len(fired)} transitions)",
+                      groups={"transition fired": fired, "no transition": ~fired})
+  return paths
+
+
+def load_sampling_model(workdir: str):
+  """(config, eps_apply, EMA params, schedule, null_id, step) of the latest checkpoint in workdir.
+
+  Fails with a clear error, before anything is compiled, when there is no checkpoint.
+  """
+  from minidiff import trainer  # local: trainer pulls in the training stack
+
+  config = config_lib.load_workdir_config(workdir)
+  config_lib.validate_config(config)
+  ckpt = Checkpointer(workdir)
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train first, e.g. python train.py "
+                            f"--config configs/mnist_dup.py --workdir {workdir}")
+  ckpt.close()
+  model, step = trainer.load_ema_model(workdir, config)
+  graphdef, params = nnx.split(model, nnx.Param)
+
+  def eps_apply(p, x_t, t, cond):
+    return nnx.merge(graphdef, p)(x_t, t, cond)
+
+  schedule = make_schedule(config.diffusion.schedule, config.diffusion.T)
+  return config, eps_apply, params, schedule, config_lib.unet_config(config).null_id, step
