@@ -15,11 +15,12 @@ from absl import logging as absl_logging  # noqa: E402
 from minidiff import study  # noqa: E402
 
 flags.DEFINE_string("workdir", "runs/mnist_dup", "Training workdir (config.json + checkpoints).")
-flags.DEFINE_string("guidance", "dynamic", "Comma-separated specs name[:param=value...]; "
+flags.DEFINE_string("guidance", None, "Comma-separated specs name[:param=value...] (default: the "
+                    "config's study list); "
                     "names: none, conditional, cfg, static, opposite, dynamic, dynamic_opposite, "
                     "interval, linear, cosine.")
 flags.DEFINE_multi_string("set", [], "param=value applied to every strategy that has the param.")
-flags.DEFINE_integer("num", 100, "Samples per strategy.")
+flags.DEFINE_integer("num", None, "Samples per strategy (default: config.study.num_samples).")
 flags.DEFINE_list("classes", [], "Requested classes, cycled (default: all).")
 flags.DEFINE_integer("steps", None, "Sampling steps (default: config.sample.num_steps).")
 flags.DEFINE_float("eta", None, "DDIM η in [0, 1] (default: config.sample.eta).")

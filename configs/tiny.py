@@ -22,4 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_every = 2
   c.train.checkpoint_every = 3
   c.sample.num_steps = 5
+  c.study.guidance = "none,cfg,dynamic"
+  c.study.num_samples = 12
+  c.study.classifier_epochs = 1
   return c

@@ -148,7 +148,7 @@ def run_strategy(eps_apply, params, schedule, spec: GuidanceSpec, options: Sampl
   run = samplers.make_sampler(
       eps_apply, schedule=schedule, strategy=spec.strategy, sampler=options.sampler,
       num_steps=options.num_steps, eta=options.eta, spacing=options.spacing,
-      clip_x0=options.clip_x0, x0_steps=options.x0_steps, compute_d=True)
+      clip_x0=options.clip_x0, x0_steps=options.x0_steps, compute_d=False)
   n, b = len(labels), min(options.batch, len(labels))
   pad = -n % b
   x_all = np.concatenate([x_T, x_T[:pad]]) if pad else x_T

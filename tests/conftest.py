@@ -23,3 +23,13 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 def tiny_config():
   from configs import tiny
   return tiny.get_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+  """A workdir with a 6-step tiny training run (shared by the sampling and study tests)."""
+  from configs import tiny
+  from minidiff import trainer
+  workdir = str(tmp_path_factory.mktemp("tiny_run"))
+  trainer.train_and_evaluate(tiny.get_config(), workdir)
+  return workdir

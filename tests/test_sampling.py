@@ -1,0 +1,93 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from minidiff import guidance, sampling
+from minidiff.study import sample_and_study
+
+
+def test_parse_guidance_specs_and_overrides():
+  specs = sampling.parse_guidance("cfg:w=3, static:tau=600 ,opposite", T=1000, overrides={"w_post": "5"})
+  assert [s.label for s in specs] == ["cfg:w=3", "static:tau=600", "opposite"]
+  assert specs[0].strategy.w == 3.0
+  assert specs[1].strategy.tau == 600 and specs[1].strategy.w_post == 5.0
+  assert specs[2].strategy.w_pre == -2.0 and specs[2].strategy.w_post == 5.0
+  assert specs[1].slug == "static_tau600"
+
+
+@pytest.mark.parametrize("spec, overrides, match", [
+    ("cfgg", None, "Unknown guidance strategy"),
+    ("static:tau=1000", None, "tau"),
+    ("static:tau=-1", None, "tau"),
+    ("static:tau", None, "param=value"),
+    ("cfg:tau=3", None, "no parameter"),
+    ("cfg", {"tau": "5"}, "match no parameter"),
+    ("cfg,cfg", None, "repeat"),
+    ("", None, "No guidance"),
+])
+def test_bad_guidance_specs(spec, overrides, match):
+  with pytest.raises(ValueError, match=match):
+    sampling.parse_guidance(spec, T=1000, overrides=overrides)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(eta=1.5), "eta"), (dict(num_steps=0), "steps"), (dict(num_steps=1001), "steps"),
+    (dict(sampler="euler"), "sampler"), (dict(spacing="log"), "spacing"), (dict(classes=(10,)), "classes"),
+    (dict(num=0), "num"),
+])
+def test_bad_sampling_options(kw, match):
+  with pytest.raises(ValueError, match=match):
+    sampling.SamplingOptions(**kw).validate(1000, 10)
+
+
+def test_shared_inputs_are_deterministic_and_cycle_classes():
+  o = sampling.SamplingOptions(num=5, classes=(3, 7), seed=1)
+  x1, y1, _ = sampling.shared_inputs(o, shape=(4, 4, 1), num_classes=10)
+  x2, y2, _ = sampling.shared_inputs(o, shape=(4, 4, 1), num_classes=10)
+  np.testing.assert_array_equal(x1, x2)
+  np.testing.assert_array_equal(y1, [3, 7, 3, 7, 3])
+  x3, _, _ = sampling.shared_inputs(sampling.SamplingOptions(num=5, seed=2), shape=(4, 4, 1), num_classes=10)
+  assert not np.allclose(x1, x3)
+
+
+def test_no_checkpoint_is_a_clear_error_before_compiling(tiny_config, tmp_path):
+  from minidiff import config as config_lib
+  config_lib.check_or_write_workdir_config(tiny_config, str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+    sample_and_study(str(tmp_path), "cfg", num=2)
+  with pytest.raises(FileNotFoundError, match="Train first"):
+    sample_and_study(str(tmp_path / "nothing"), "cfg", num=2)
+
+
+def test_sampling_a_tiny_run_writes_outputs_and_is_deterministic(tiny_run):
+  workdir = tiny_run
+  out = [os.path.join(workdir, f"s{i}") for i in range(2)]
+  for o in out:
+    sample_and_study(workdir, "cfg:w=2,dynamic", num=6, batch=4, study=False, outdir=o)
+  for name in ("cfg_w2.npz", "cfg_w2_grid.png", "cfg_w2_dt.png", "dynamic.npz", "sampling.json"):
+    assert os.path.exists(os.path.join(out[0], name)), name
+  a, b = (np.load(os.path.join(o, "dynamic.npz")) for o in out)
+  np.testing.assert_array_equal(a["samples"], b["samples"])
+  assert a["samples"].shape == (6, 8, 8, 1) and a["d_eps"].shape == (5, 6)
+  np.testing.assert_array_equal(a["labels"], [0, 1, 2, 3, 4, 5])
+  assert np.isfinite(a["d_eps"]).all()
+  summary = json.load(open(os.path.join(out[0], "sampling.json")))
+  assert set(summary["strategies"]) == {"cfg:w=2", "dynamic"}
+
+
+def test_checkpoint_that_does_not_match_the_config(tiny_run, tmp_path):
+  import shutil
+  workdir = str(tmp_path / "w")
+  shutil.copytree(tiny_run, workdir)
+  cfg = json.load(open(os.path.join(workdir, "config.json")))
+  cfg["model"]["base_channels"] = 16
+  json.dump(cfg, open(os.path.join(workdir, "config.json"), "w"))
+  with pytest.raises(ValueError, match="matches the model"):
+    sample_and_study(workdir, "cfg", num=2)
+
+
+def test_strategy_names_are_all_accepted():
+  specs = sampling.parse_guidance(",".join(guidance.STRATEGY_NAMES), T=1000)
+  assert len(specs) == len(guidance.STRATEGY_NAMES)

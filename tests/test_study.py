@@ -1,0 +1,71 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from minidiff import sampling, study
+
+RESULT_KEYS = {
+    "n_samples", "memorization_rate", "memorization_rate_duplicated_conditions",
+    "memorization_rate_other_conditions", "copy_rate_of_duplicated_images", "carlini_fraction_below",
+    "similarity_p95", "similarity_fraction_above_0_5", "copies", "transition_fired",
+    "transition_t_mean", "transition_t_std", "auc_mean_d_eps_copies", "auc_mean_d_x0_copies",
+    "auc_mean_d_eps_duplicated_conditions", "auc_mean_d_x0_duplicated_conditions",
+    "samples_per_s", "compile_s", "class_accuracy", "frechet_distance", "frechet_n_samples",
+    "frechet_n_reference"}
+
+
+def _result(samples, labels, d_eps, transition_step):
+  s = d_eps.shape[0]
+  return sampling.SampleResult(samples=samples, labels=labels, t=np.arange(s)[::-1] * 10,
+                               d_eps=d_eps, d_x0=d_eps, w=np.ones_like(d_eps),
+                               transition_step=transition_step, x0=np.zeros((0,)), compile_s=1.0,
+                               sample_s=2.0)
+
+
+def test_evaluate_strategy_on_constructed_samples():
+  rng = np.random.default_rng(0)
+  unique = rng.uniform(-1, 1, (6, 4, 4, 1)).astype(np.float32)
+  is_dup = np.array([True, False, False, True, False, False])
+  label_of = np.array([0, 0, 1, 1, 2, 2])
+  # Samples: exact copies of images 0 (dup, class 0), 3 (dup, class 1), 4 (not dup, class 2),
+  # then a 50/50 blend of 1 and 2 and pure noise (not copies).
+  samples = np.stack([unique[0], unique[3], unique[4], 0.5 * (unique[1] + unique[2]),
+                      rng.normal(size=(4, 4, 1)).astype(np.float32)])
+  labels = np.array([0, 1, 2, 0, 2])
+  d = np.array([[1.0, 1.0, 0.1, 0.1, 0.1], [2.0, 2.0, 0.1, 0.1, 0.1]])
+  res = _result(samples, labels, d, np.array([1, -1, -1, 0, -1]))
+  row, is_copy = study.evaluate_strategy(res, unique_images=unique, is_duplicated=is_dup,
+                                         duplicated_classes=np.unique(label_of[is_dup]), classifier=None)
+  np.testing.assert_array_equal(is_copy, [True, True, True, False, False])
+  assert row["memorization_rate"] == pytest.approx(3 / 5)
+  # Conditions with a duplicated image: classes 0 and 1 → samples 0, 1, 3: two copies of three.
+  assert row["memorization_rate_duplicated_conditions"] == pytest.approx(2 / 3)
+  assert row["memorization_rate_other_conditions"] == pytest.approx(1 / 2)
+  assert row["copy_rate_of_duplicated_images"] == pytest.approx(2 / 5)
+  assert row["copies"]["copies_of_duplicated"] == 2 and row["copies"]["copies_of_non_duplicated"] == 1
+  # Grid t = [10, 0]; transitions fired for sample 0 at step 1 (t = 0) and sample 3 at step 0 (t = 10).
+  assert row["transition_fired"] == pytest.approx(2 / 5)
+  assert row["transition_t_mean"] == pytest.approx(5.0)
+  # Mean d: copies 1.5, 1.5, 0.1 vs non-copies 0.1, 0.1 → AUC = (2 + 2 + 2·0.5)/(3·2) = 5/6.
+  assert row["auc_mean_d_eps_copies"] == pytest.approx(5 / 6)
+  assert row["samples_per_s"] == pytest.approx(2.5)
+
+
+def test_tiny_end_to_end_study(tiny_run, tmp_path):
+  out = str(tmp_path / "study")
+  results = study.sample_and_study(tiny_run, outdir=out, classifier_cache=str(tmp_path / "cache"))
+  on_disk = json.load(open(os.path.join(out, "results.json")))
+  assert on_disk == json.loads(json.dumps(results))
+  assert set(on_disk["strategies"]) == {"none", "cfg", "dynamic"}
+  for name, row in on_disk["strategies"].items():
+    assert RESULT_KEYS <= set(row), (name, RESULT_KEYS - set(row))
+    assert 0.0 <= row["memorization_rate"] <= 1.0 and 0.0 <= row["class_accuracy"] <= 1.0
+    assert row["frechet_n_samples"] == 12 and row["n_samples"] == 12
+  assert on_disk["data"]["n_unique"] == 40 and on_disk["data"]["duplicated_classes"] == [0, 1]
+  assert on_disk["strategies"]["none"]["transition_fired"] == 0.0
+  report = open(os.path.join(out, "report.md")).read()
+  assert "| `cfg` |" in report and "| `dynamic` |" in report
+  for png in ("cfg_grid.png", "dynamic_dt.png", "dt_eps_memorized_vs_not.png", "dt_x0_memorized_vs_not.png"):
+    assert os.path.exists(os.path.join(out, png)), png
