@@ -6,6 +6,7 @@ specs are compared on the SAME initial noises, classes and sampler keys.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -177,14 +178,40 @@ def run_strategy(eps_apply, params, schedule, spec: GuidanceSpec, options: Sampl
   return result
 
 
-def save_result(result: SampleResult, spec: GuidanceSpec, outdir: str) -> dict[str, str]:
+def result_meta(spec: GuidanceSpec, options: SamplingOptions, checkpoint_step: int) -> str:
+  """What identifies a strategy's samples: a finished file with the same meta is reused."""
+  return json.dumps(dict(label=spec.label, strategy=repr(spec.strategy), step=int(checkpoint_step),
+                         options=dataclasses.asdict(options)), sort_keys=True)
+
+
+def load_result(path: str, meta: str) -> SampleResult | None:
+  """The SampleResult saved at `path` if it was made with the same `meta`, else None."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path) as f:
+      if "meta" not in f or str(f["meta"]) != meta:
+        return None
+      timing = f["timing"]
+      return SampleResult(**{k: f[k] for k in ("samples", "labels", "t", "d_eps", "d_x0", "w",
+                                                "transition_step", "x0")},
+                          compile_s=float(timing[0]), sample_s=float(timing[1]))
+  except (OSError, ValueError, KeyError) as e:  # a partial or corrupt file: sample again
+    log.warning("Ignoring unreadable %s (%s); sampling again.", path, e)
+    return None
+
+
+def save_result(result: SampleResult, spec: GuidanceSpec, outdir: str, meta: str = "") -> dict[str, str]:
   """Writes `<slug>.npz`, `<slug>_grid.png` and `<slug>_dt.png` into outdir; returns the paths."""
   os.makedirs(outdir, exist_ok=True)
   paths = {k: os.path.join(outdir, f"{spec.slug}{suffix}")
            for k, suffix in (("npz", ".npz"), ("grid", "_grid.png"), ("dt", "_dt.png"))}
-  np.savez_compressed(paths["npz"], samples=result.samples, labels=result.labels, t=result.t,
+  tmp = paths["npz"] + ".tmp.npz"
+  np.savez_compressed(tmp, samples=result.samples, labels=result.labels, t=result.t,
                       d_eps=result.d_eps, d_x0=result.d_x0, w=result.w,
-                      transition_step=result.transition_step, x0=result.x0)
+                      transition_step=result.transition_step, x0=result.x0, meta=meta,
+                      timing=np.array([result.compile_s, result.sample_s]))
+  os.replace(tmp, paths["npz"])  # atomic: an interrupted study never leaves a half-written file
   order = np.argsort(result.labels, kind="stable")[:100]
   plots.save_grid(result.samples[order], paths["grid"])
   fired = result.transition_step >= 0

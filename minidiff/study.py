@@ -143,9 +143,16 @@ def sample_and_study(workdir: str, guidance_specs: str | Sequence[str] | None = 
   t_start = time.perf_counter()
   results = {}
   for spec in specs:
+    meta = sampling.result_meta(spec, options, step)
+    npz = os.path.join(outdir, f"{spec.slug}.npz")
+    result = sampling.load_result(npz, meta)
+    if result is not None:  # an interrupted study resumes: finished strategies are reused
+      log.info("%s: reusing the samples in %s.", spec.label, npz)
+      results[spec.label] = result
+      continue
     result = sampling.run_strategy(eps_apply, params, schedule, spec, options, x_T, labels, key,
                                    null_id=null_id)
-    paths = sampling.save_result(result, spec, outdir)
+    paths = sampling.save_result(result, spec, outdir, meta)
     log.info("%s: %d samples in %.1f s (%.1f samples/s; compile %.1f s) → %s", spec.label,
              len(labels), result.sample_s, result.samples_per_s, result.compile_s, paths["npz"])
     results[spec.label] = result
@@ -171,7 +178,7 @@ def _study(config, workdir, outdir, specs, results, summary, labels, classifier_
   try:
     clf = classifier_lib.load_or_train_classifier(
         resolution=config.data.resolution, cache_dir=classifier_cache, dataset=config.data.name,
-        seed=config.seed, settings=classifier_lib.TrainSettings(epochs=config.study.classifier_epochs))
+        seed=config.seed, settings=classifier_lib.TrainSettings(epochs=config.study.get("classifier_epochs", 15)))
   except (FileNotFoundError, ValueError) as e:  # e.g. a tfds dataset that is not prepared here
     log.warning("No evaluation classifier (%s): class accuracy and FD are left out.", e)
     clf = None
