@@ -24,7 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.num_groups = 32
   c.train.steps = 200_000
   c.train.batch_size = 512
-  c.train.checkpoint_every = 5000
   c.train.lr = 2e-4
   c.train.warmup_steps = 5000
   c.train.ema_decay = 0.9999
