@@ -28,6 +28,7 @@ flags.DEFINE_string("sampler", None, "ddim or ddpm (default: config.sample.sampl
 flags.DEFINE_string("spacing", None, "uniform, trailing or linspace (default: config.sample.spacing).")
 flags.DEFINE_integer("seed", 0, "Seed of the initial noises and sampler keys.")
 flags.DEFINE_integer("batch", 200, "Samples per jitted call.")
+flags.DEFINE_list("x0_steps", [], "Step indices whose x̂₀ is recorded in the .npz (e.g. 0,10,-1).")
 flags.DEFINE_bool("study", None, "Run the memorization study (default: when several strategies).")
 flags.DEFINE_string("outdir", None, "Output folder (default: WORKDIR/samples, or WORKDIR/study).")
 FLAGS = flags.FLAGS
@@ -41,7 +42,8 @@ def main(argv):
       FLAGS.workdir, FLAGS.guidance, overrides=dict(s.split("=", 1) for s in FLAGS.set),
       num=FLAGS.num, classes=tuple(int(c) for c in FLAGS.classes), num_steps=FLAGS.steps,
       eta=FLAGS.eta, sampler=FLAGS.sampler, spacing=FLAGS.spacing, seed=FLAGS.seed,
-      batch=FLAGS.batch, study=FLAGS.study, outdir=FLAGS.outdir)
+      batch=FLAGS.batch, study=FLAGS.study, outdir=FLAGS.outdir,
+      x0_steps=tuple(int(k) for k in FLAGS.x0_steps))
 
 
 if __name__ == "__main__":

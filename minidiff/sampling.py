@@ -212,7 +212,8 @@ def save_result(result: SampleResult, spec: GuidanceSpec, outdir: str, meta: str
                       transition_step=result.transition_step, x0=result.x0, meta=meta,
                       timing=np.array([result.compile_s, result.sample_s]))
   os.replace(tmp, paths["npz"])  # atomic: an interrupted study never leaves a half-written file
-  order = np.argsort(result.labels, kind="stable")[:100]
+  # Up to 10 samples of each requested class, one class per row.
+  order = np.concatenate([np.flatnonzero(result.labels == c)[:10] for c in np.unique(result.labels)])
   plots.save_grid(result.samples[order], paths["grid"])
   fired = result.transition_step >= 0
   plots.plot_d_curves(result.t, result.d_eps, result.transition_step, paths["dt"],

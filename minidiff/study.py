@@ -120,7 +120,7 @@ def sample_and_study(workdir: str, guidance_specs: str | Sequence[str] | None = 
                      eta: float | None = None, sampler: str | None = None,
                      spacing: str | None = None, seed: int = 0, batch: int = 200,
                      study: bool | None = None, outdir: str | None = None,
-                     classifier_cache: str | None = None) -> dict:
+                     classifier_cache: str | None = None, x0_steps: tuple[int, ...] = ()) -> dict:
   """Samples `workdir`'s EMA model with each guidance spec; with several (or study=True) runs the study.
 
   Defaults for the specs and the sample count come from config.study. All inputs are validated
@@ -133,7 +133,7 @@ def sample_and_study(workdir: str, guidance_specs: str | Sequence[str] | None = 
   num = num or config.study.num_samples
   options = sampling.options_from_config(config, num=num, classes=tuple(classes), num_steps=num_steps,
                                          eta=eta, sampler=sampler, spacing=spacing, seed=seed,
-                                         batch=batch)
+                                         batch=batch, x0_steps=tuple(x0_steps))
   options.validate(config.diffusion.T, num_classes)
   study = len(specs) > 1 if study is None else study
   outdir = outdir or os.path.join(workdir, "study" if study else "samples")

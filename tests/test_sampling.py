@@ -65,7 +65,8 @@ def test_sampling_a_tiny_run_writes_outputs_and_is_deterministic(tiny_run):
   workdir = tiny_run
   out = [os.path.join(workdir, f"s{i}") for i in range(2)]
   for o in out:
-    sample_and_study(workdir, "cfg:w=2,dynamic", num=6, batch=4, study=False, outdir=o)
+    sample_and_study(workdir, "cfg:w=2,dynamic", num=6, batch=4, study=False, outdir=o,
+                     x0_steps=(0, -1))
   for name in ("cfg_w2.npz", "cfg_w2_grid.png", "cfg_w2_dt.png", "dynamic.npz", "sampling.json"):
     assert os.path.exists(os.path.join(out[0], name)), name
   a, b = (np.load(os.path.join(o, "dynamic.npz")) for o in out)
@@ -73,6 +74,8 @@ def test_sampling_a_tiny_run_writes_outputs_and_is_deterministic(tiny_run):
   assert a["samples"].shape == (6, 8, 8, 1) and a["d_eps"].shape == (5, 6)
   np.testing.assert_array_equal(a["labels"], [0, 1, 2, 3, 4, 5])
   assert np.isfinite(a["d_eps"]).all()
+  assert a["x0"].shape == (2, 6, 8, 8, 1)  # x̂₀ at the first and the last step
+  np.testing.assert_allclose(a["x0"][1], a["samples"], atol=1e-5)  # the last x̂₀ is the sample
   summary = json.load(open(os.path.join(out[0], "sampling.json")))
   assert set(summary["strategies"]) == {"cfg:w=2", "dynamic"}
 
