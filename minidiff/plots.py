@@ -9,6 +9,13 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
+def save_figure(fig: plt.Figure, path: str, *, dpi: int = 110) -> None:
+  """Lays out, writes and closes a matplotlib figure."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+
+
 def save_grid(images: np.ndarray, path: str, *, ncols: int = 10, scale: int = 2) -> None:
   """Writes images [N, H, W, C] in [−1, 1] as one PNG grid (row-major, ncols per row)."""
   n, h, w, c = images.shape
@@ -47,9 +54,7 @@ def plot_d_curves(t: np.ndarray, d: np.ndarray, transition_step: np.ndarray, pat
   ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.legend(loc="best", fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def plot_transition_hist(t: np.ndarray, transitions: dict[str, np.ndarray], path: str) -> None:
@@ -65,6 +70,4 @@ def plot_transition_hist(t: np.ndarray, transitions: dict[str, np.ndarray], path
   ax.set_xlabel("timestep t of the transition")
   ax.set_ylabel("samples")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path)

@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from minidiff import basin, data, samplers  # noqa: E402
+from minidiff import basin, data, plots, samplers  # noqa: E402
 from minidiff.basin import Arm, cfg  # noqa: E402
 from minidiff.schedule import linear_schedule  # noqa: E402
 
@@ -195,9 +195,7 @@ def plot_d_curves(r, path, shown=16):
       ax.legend(fontsize=7)
   for ax in axes[1]:
     ax.set_xlabel("t (▼ = dynamic rule fired)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  plots.save_figure(fig, path)
 
 
 def plot_basin(rows, path):
@@ -210,9 +208,7 @@ def plot_basin(rows, path):
   ax.set_xlabel("start time t of guidance (x_t ~ null marginal)")
   ax.set_ylabel("fraction carried to the memorized image")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  plots.save_figure(fig, path)
 
 
 def plot_copy_vs_tau(r, path):
@@ -227,9 +223,7 @@ def plot_copy_vs_tau(r, path):
   ax.set_xlabel("static transition τ (w_post = 7.5 for t ≤ τ)")
   ax.set_ylabel("fraction")
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  plots.save_figure(fig, path)
 
 
 def main(argv=None):
