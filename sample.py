@@ -2,6 +2,8 @@
 
   python sample.py --workdir runs/mnist_dup --guidance dynamic --num 100 [--classes 3,7]
       [--steps 50 --eta 0 --seed 0] [--set w_post=5] [--guidance cfg,static:tau=600,opposite]
+  python sample.py --workdir runs/mnist_text --prompt "a handwritten seven" [--prompts FILE]
+      [--guidance cfg,cfg+random_tokens:k=4]   (text runs; "+perturbation" specs as in minidiff.perturbation)
 """
 from minidiff import runtime
 
@@ -22,6 +24,9 @@ flags.DEFINE_string("guidance", None, "Comma-separated specs name[:param=value..
 flags.DEFINE_multi_string("set", [], "param=value applied to every strategy that has the param.")
 flags.DEFINE_integer("num", None, "Samples per strategy (default: config.study.num_samples).")
 flags.DEFINE_list("classes", [], "Requested classes, cycled (default: all).")
+flags.DEFINE_multi_string("prompt", [], "Text runs: a prompt (repeatable), cycled over the samples "
+                          "(default: the study's memorized and class prompts).")
+flags.DEFINE_string("prompts", None, "Text runs: a file with one prompt per line (# comments skipped).")
 flags.DEFINE_integer("steps", None, "Sampling steps (default: config.sample.num_steps).")
 flags.DEFINE_float("eta", None, "DDIM η in [0, 1] (default: config.sample.eta).")
 flags.DEFINE_string("sampler", None, "ddim or ddpm (default: config.sample.sampler).")
@@ -34,6 +39,16 @@ flags.DEFINE_string("outdir", None, "Output folder (default: WORKDIR/samples, or
 FLAGS = flags.FLAGS
 
 
+def _prompts() -> tuple[str, ...]:
+  prompts = list(FLAGS.prompt)
+  if FLAGS.prompts:
+    with open(FLAGS.prompts) as f:
+      prompts += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+      raise ValueError(f"--prompts={FLAGS.prompts} holds no prompt (one per line).")
+  return tuple(prompts)
+
+
 def main(argv):
   del argv
   absl_logging.set_verbosity(absl_logging.WARNING)
@@ -43,7 +58,7 @@ def main(argv):
       num=FLAGS.num, classes=tuple(int(c) for c in FLAGS.classes), num_steps=FLAGS.steps,
       eta=FLAGS.eta, sampler=FLAGS.sampler, spacing=FLAGS.spacing, seed=FLAGS.seed,
       batch=FLAGS.batch, study=FLAGS.study, outdir=FLAGS.outdir,
-      x0_steps=tuple(int(k) for k in FLAGS.x0_steps))
+      x0_steps=tuple(int(k) for k in FLAGS.x0_steps), prompts=_prompts())
 
 
 if __name__ == "__main__":

@@ -15,10 +15,24 @@ RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", 
                     "data.data_dir", "sample", "study")
 
 
+def is_text(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config` describes a text-conditioned model (config.model.conditioning == "text")."""
+  return config.model.get("conditioning", "class") == "text"
+
+
+def _text_fields(m: ml_collections.ConfigDict) -> dict:
+  """UNetConfig's text fields from config.model (absent from class configs: the defaults)."""
+  if m.get("conditioning", "class") != "text":
+    return {}
+  return dict(conditioning="text", vocab_size=m.vocab_size, max_tokens=m.max_tokens,
+              text_dim=m.text_dim, text_layers=m.text_layers, text_heads=m.text_heads,
+              cross_attention_resolutions=tuple(m.cross_attention_resolutions))
+
+
 def unet_config(config: ml_collections.ConfigDict) -> UNetConfig:
   """The UNetConfig that `config.model` and `config.data` describe."""
   m = config.model
-  return UNetConfig(
+  return UNetConfig(**_text_fields(m),
       resolution=config.data.resolution, in_channels=config.data.channels,
       base_channels=m.base_channels, channel_mults=tuple(m.channel_mults),
       num_res_blocks=m.num_res_blocks, attention_resolutions=tuple(m.attention_resolutions),
@@ -63,6 +77,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check(d.channels == expected_channels,
          f"config.data.channels={d.channels} but {d.name} has {expected_channels} channel(s).")
   unet_config(config).validate()
+  if is_text(config):
+    from minidiff import captions  # local: only text configs need it
+    captions.dataset_family(d.name)  # raises for a dataset without captions
+    _check(d.num_duplicated_per_class > 0 or d.dup_fraction > 0,
+           "A text scenario gives its duplicated images unique captions: set "
+           "config.data.num_duplicated_per_class ≥ 1 or config.data.dup_fraction > 0.")
   duplication_spec(config).validate(data_lib.NUM_CLASSES.get(d.name, 10))
 
 

@@ -62,6 +62,7 @@ class Manifest:
   is_duplicated: np.ndarray  # [N_unique] bool
   copies: np.ndarray  # [N_unique] how many times the image occurs in the training set
   source_name: str
+  captions: tuple[str, ...] | None = None  # [N_unique] text captions (minidiff.captions), if any
 
   @property
   def duplicated_ids(self) -> np.ndarray:
@@ -70,9 +71,12 @@ class Manifest:
   def to_json(self) -> dict:
     examples = [dict(unique_id=int(u), source_index=int(self.source_index[u]), label=int(self.label[u]),
                      is_duplicated=bool(self.is_duplicated[u])) for u in self.unique_id]
-    return dict(source=self.source_name, num_examples=len(self.unique_id),
-                num_unique=len(self.source_index), duplicated_ids=self.duplicated_ids.tolist(),
-                copies=self.copies.tolist(), examples=examples)
+    out = dict(source=self.source_name, num_examples=len(self.unique_id),
+               num_unique=len(self.source_index), duplicated_ids=self.duplicated_ids.tolist(),
+               copies=self.copies.tolist(), examples=examples)
+    if self.captions is not None:
+      out["captions"] = list(self.captions)
+    return out
 
   @classmethod
   def from_json(cls, d: dict) -> "Manifest":
@@ -84,7 +88,8 @@ class Manifest:
       label[e["unique_id"]] = e["label"]
       dup[e["unique_id"]] = e["is_duplicated"]
     return cls(np.asarray([e["unique_id"] for e in ex], np.int64), source_index, label, dup,
-               np.asarray(d["copies"], np.int64), d["source"])
+               np.asarray(d["copies"], np.int64), d["source"],
+               tuple(d["captions"]) if "captions" in d else None)
 
   def save(self, path: str) -> None:
     tmp = path + ".tmp"

@@ -120,13 +120,25 @@ def sample_and_study(workdir: str, guidance_specs: str | Sequence[str] | None = 
                      eta: float | None = None, sampler: str | None = None,
                      spacing: str | None = None, seed: int = 0, batch: int = 200,
                      study: bool | None = None, outdir: str | None = None,
-                     classifier_cache: str | None = None, x0_steps: tuple[int, ...] = ()) -> dict:
+                     classifier_cache: str | None = None, x0_steps: tuple[int, ...] = (),
+                     prompts: Sequence[str] = ()) -> dict:
   """Samples `workdir`'s EMA model with each guidance spec; with several (or study=True) runs the study.
 
   Defaults for the specs and the sample count come from config.study. All inputs are validated
   before anything is compiled. Returns results (the study's results.json content when studying).
+  A text-conditioned run samples `prompts` instead of classes (minidiff.text_study).
   """
   config = config_lib.load_workdir_config(workdir)
+  if config_lib.is_text(config):
+    if classes:
+      raise ValueError("This run is text-conditioned: give --prompt / --prompts instead of --classes.")
+    from minidiff import text_study  # local: only text runs need it
+    return text_study.sample_and_study(
+        workdir, guidance_specs, prompts=prompts, overrides=overrides, num=num, num_steps=num_steps,
+        eta=eta, sampler=sampler, spacing=spacing, seed=seed, batch=batch, study=study, outdir=outdir,
+        classifier_cache=classifier_cache, x0_steps=x0_steps)
+  if prompts:
+    raise ValueError("This run is class-conditional: give --classes, not --prompt / --prompts.")
   num_classes = config_lib.unet_config(config).num_classes
   guidance_specs = guidance_specs or config.study.guidance
   specs = sampling.parse_guidance(guidance_specs, T=config.diffusion.T, overrides=overrides)

@@ -1,7 +1,8 @@
 """DDPM training: ε-prediction MSE with condition dropout, AdamW, EMA, checkpoints and resume.
 
 The loss is Ho et al.'s simplified objective L = E_{t, x₀, ε} ‖ε − ε_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t, c)‖²,
-with c replaced by the null id with probability p_uncond (Ho & Salimans' classifier-free guidance).
+with c replaced by the null condition with probability p_uncond (Ho & Salimans' classifier-free
+guidance): the null class id, or for a text model the empty caption's tokens.
 Every random draw of step s comes from fold_in(seed, s), and the data order is a function of
 (seed, step), so a resumed run is bitwise the run that was never interrupted.
 """
@@ -23,8 +24,10 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from minidiff import captions as captions_lib
 from minidiff import config as config_lib
 from minidiff import data as data_lib
+from minidiff import tokenizer as tokenizer_lib
 from minidiff.checkpoint import Checkpointer, abstract_like
 from minidiff.duplication import DuplicatedSubset, build_duplicated_subset
 from minidiff.schedule import NoiseSchedule, make_schedule
@@ -80,14 +83,20 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> n
 
 
 def diffusion_loss(model: UNet, schedule: NoiseSchedule, x0: jax.Array, labels: jax.Array,
-                   key: jax.Array, *, p_uncond: float, null_id: int, train: bool = True) -> jax.Array:
-  """Monte-Carlo estimate of ‖ε − ε_θ(x_t, t, c)‖² (mean over pixels and batch)."""
+                   key: jax.Array, *, p_uncond: float, null_id: int | np.ndarray,
+                   train: bool = True) -> jax.Array:
+  """Monte-Carlo estimate of ‖ε − ε_θ(x_t, t, c)‖² (mean over pixels and batch).
+
+  `labels` are class ids [B] with `null_id` an int, or token ids [B, L] with `null_id` the empty
+  caption's tokens [L]; a dropped condition becomes the null one.
+  """
   k_t, k_eps, k_drop, k_dropout = jax.random.split(key, 4)
   b = x0.shape[0]
   t = jax.random.randint(k_t, (b,), 0, schedule.T)
   eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
   x_t = schedule.q_sample(x0, t, eps)  # Ho et al. eq. 4
-  cond = jnp.where(jax.random.bernoulli(k_drop, p_uncond, (b,)), null_id, labels)
+  drop = jax.random.bernoulli(k_drop, p_uncond, (b,)).reshape((b,) + (1,) * (labels.ndim - 1))
+  cond = jnp.where(drop, null_id, labels)
   eps_hat = model(x_t, t, cond, dropout_key=k_dropout if train else None)
   return jnp.mean((eps - eps_hat) ** 2)
 
@@ -121,7 +130,24 @@ def load_training_data(config: ml_collections.ConfigDict) -> DuplicatedSubset:
   """The source dataset at the configured resolution, then the duplicated subset."""
   d = config.data
   source = data_lib.load_dataset(d.name, data_dir=d.data_dir or None, resolution=d.resolution)
-  return build_duplicated_subset(source, config_lib.duplication_spec(config))
+  subset = build_duplicated_subset(source, config_lib.duplication_spec(config))
+  if config_lib.is_text(config):  # unique captions for the duplicated images, class ones else
+    subset = captions_lib.caption_subset(subset, d.name, seed=config.seed)
+  return subset
+
+
+def training_conditions(config: ml_collections.ConfigDict, subset: DuplicatedSubset,
+                        workdir: str | None = None) -> tuple[np.ndarray, int | np.ndarray]:
+  """(condition of every training example, null condition): class ids and the null id, or, for a
+  text model, token ids [N, L] and the empty caption; the tokenizer is saved in `workdir`."""
+  unet = config_lib.unet_config(config)
+  if not config_lib.is_text(config):
+    return subset.train.labels, unet.null_id
+  tokenizer, tokens = captions_lib.tokenize_training_set(subset, max_len=unet.max_tokens,
+                                                         vocab_size=unet.vocab_size)
+  if workdir is not None:
+    tokenizer.save(os.path.join(workdir, tokenizer_lib.FILENAME))
+  return tokens, tokenizer.null_tokens
 
 
 def init_state(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation]:
@@ -163,6 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   subset = load_training_data(config)
   subset.manifest.save(os.path.join(workdir, "manifest.json"))
   train = subset.train
+  conds, null_cond = training_conditions(config, subset, workdir)
   log.info("Training set: %d examples (%d unique, %d duplicated ×%d).", len(train),
            len(subset.unique_images), int(subset.manifest.is_duplicated.sum()), config.data.dup_factor)
 
@@ -178,8 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     ckpt.close()
     return state
 
-  null_id = config_lib.unet_config(config).null_id
-  step_fn = make_train_step(graphdef, tx, schedule, p_uncond=t.p_uncond, null_id=null_id,
+  step_fn = make_train_step(graphdef, tx, schedule, p_uncond=t.p_uncond, null_id=null_cond,
                             ema_decay=t.ema_decay)
   base_key = jax.random.key(config.seed)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -203,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     idx = batch_indices(len(train), t.batch_size, step, config.seed)
     key = jax.random.fold_in(base_key, step)
     params, opt_state, ema, metrics = step_fn(params, opt_state, ema, train.images[idx],
-                                              train.labels[idx], key, step)
+                                              conds[idx], key, step)
     if pending is not None:
       window.append(check(*pending))
     pending = (step, metrics)

@@ -2,9 +2,13 @@
 
 Conditioning enters in two places, so a text path can be added without a rewrite:
   * a vector `emb` [B, D] (time embedding + class embedding) that every ResBlock adds, and
-  * an optional `context` [B, L, C_ctx] of token embeddings (None for the class model) that the
-    attention blocks will cross-attend to.
-The class embedding has `num_classes + 1` rows; id `num_classes` is the null condition for CFG.
+  * an optional `context` of token embeddings (None for the class model) that the
+    `CrossAttentionBlock`s at `cross_attention_resolutions` attend to.
+`conditioning = "class"`: the class embedding has `num_classes + 1` rows; id `num_classes` is the
+null condition for CFG. `conditioning = "text"`: token ids [B, L] (minidiff.tokenizer) go through a
+transformer text encoder (minidiff.text_encoder) trained jointly; its pooled vector joins `emb` and
+its token features are the cross-attention context, padding masked. The null condition is the
+empty caption.
 """
 from __future__ import annotations
 
@@ -31,6 +35,14 @@ class UNetConfig:
   num_groups: int = 8
   num_heads: int = 1
   num_classes: int = 10
+  # Text conditioning (conditioning="text"); the class model ignores these fields.
+  conditioning: str = "class"  # "class" | "text"
+  vocab_size: int = 0  # rows of the token embedding: capacity ≥ the tokenizer's vocabulary
+  max_tokens: int = 16  # token positions, the leading <null> included
+  text_dim: int = 64
+  text_layers: int = 2
+  text_heads: int = 2
+  cross_attention_resolutions: tuple[int, ...] = ()  # feature-map sizes that cross-attend to tokens
 
   @property
   def null_id(self) -> int:
@@ -54,6 +66,20 @@ class UNetConfig:
     if bad:
       raise ValueError(f"model.attention_resolutions={self.attention_resolutions} contains {bad}, "
                        f"which no level has; the feature-map sizes are {sorted(sizes, reverse=True)}.")
+    if self.conditioning not in ("class", "text"):
+      raise ValueError(f"model.conditioning={self.conditioning!r}: use 'class' or 'text'.")
+    if self.conditioning == "text":
+      bad = [r for r in self.cross_attention_resolutions if r not in sizes]
+      if bad:
+        raise ValueError(f"model.cross_attention_resolutions={self.cross_attention_resolutions} "
+                         f"contains {bad}, which no level has; the feature-map sizes are "
+                         f"{sorted(sizes, reverse=True)}.")
+      if self.vocab_size < 4 or self.max_tokens < 2:
+        raise ValueError(f"model.vocab_size={self.vocab_size} must be ≥ 4 and model.max_tokens="
+                         f"{self.max_tokens} ≥ 2 for a text model.")
+      if self.text_dim % self.text_heads or self.text_layers < 1:
+        raise ValueError(f"model.text_dim={self.text_dim} must be divisible by model.text_heads="
+                         f"{self.text_heads}, and model.text_layers={self.text_layers} ≥ 1.")
     for c in {self.base_channels * m for m in self.channel_mults}:
       if c % self.num_groups:
         raise ValueError(f"Channel count {c} is not divisible by model.num_groups={self.num_groups}.")
@@ -160,6 +186,30 @@ class AttentionBlock(nnx.Module):
     return x + self.out(h.reshape(b, hgt, wid, c))
 
 
+class CrossAttentionBlock(nnx.Module):
+  """Residual cross-attention from the H·W positions to the caption's tokens, padding masked.
+
+  q from GroupNorm(x), k and v from the text encoder's features; zero-initialised output, so a fresh
+  block is the identity (like the self-attention block).
+  """
+
+  def __init__(self, channels: int, context_dim: int, *, groups: int, num_heads: int, rngs: nnx.Rngs):
+    self.norm = nnx.GroupNorm(channels, groups, rngs=rngs)
+    self.q = _linear(channels, channels, rngs=rngs)
+    self.kv = _linear(context_dim, 2 * channels, rngs=rngs)
+    self.out = _linear(channels, channels, rngs=rngs, zero=True)
+    self.num_heads = num_heads
+
+  def __call__(self, x: jax.Array, context: tuple[jax.Array, jax.Array]) -> jax.Array:
+    from minidiff.text_encoder import masked_attention
+    features, mask = context
+    b, hgt, wid, c = x.shape
+    q = self.q(self.norm(x)).reshape(b, hgt * wid, c)
+    k, v = jnp.split(self.kv(features), 2, axis=-1)
+    h = masked_attention(q, k, v, mask, self.num_heads)  # softmax(qkᵀ/√d, pad keys excluded) v
+    return x + self.out(h.reshape(b, hgt, wid, c))
+
+
 class Downsample(nnx.Module):
   def __init__(self, channels: int, *, rngs: nnx.Rngs):
     self.conv = _conv(channels, channels, 3, strides=2, rngs=rngs)
@@ -187,6 +237,25 @@ class ClassConditioner(nnx.Module):
     return self.embed(cond), None
 
 
+class TextConditioner(nnx.Module):
+  """Token ids → (pooled text vector projected to emb_dim, (token features, padding mask)).
+
+  `cond` is token ids [B, L], or a dict with "tokens" [B, L] and "noise" [B, L, text_dim], the
+  Gaussian text-embedding perturbation added to the encoder's output (minidiff.perturbation).
+  """
+
+  def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
+    from minidiff.text_encoder import TextEncoder  # text_encoder builds on this module's layers
+    self.encoder = TextEncoder(config.vocab_size, config.max_tokens, config.text_dim,
+                               num_layers=config.text_layers, num_heads=config.text_heads, rngs=rngs)
+    self.proj = _linear(config.text_dim, config.emb_dim, rngs=rngs)
+
+  def __call__(self, cond) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    tokens, noise = (cond["tokens"], cond.get("noise")) if isinstance(cond, dict) else (cond, None)
+    features, mask, pooled = self.encoder(tokens, noise=noise)
+    return self.proj(pooled), (features, mask)
+
+
 class UNet(nnx.Module):
   """ε_θ(x_t, t, cond): images [B, H, W, C] in, predicted noise of the same shape out."""
 
@@ -196,11 +265,17 @@ class UNet(nnx.Module):
     c0, emb_dim, g = config.base_channels, config.emb_dim, config.num_groups
     self.time_mlp1 = _linear(c0, emb_dim, rngs=rngs)
     self.time_mlp2 = _linear(emb_dim, emb_dim, rngs=rngs)
-    self.conditioner = ClassConditioner(config.num_classes, emb_dim, rngs=rngs)
+    if config.conditioning == "text":
+      self.conditioner = TextConditioner(config, rngs=rngs)
+    else:
+      self.conditioner = ClassConditioner(config.num_classes, emb_dim, rngs=rngs)
     self.conv_in = _conv(config.in_channels, c0, 3, rngs=rngs)
 
     res_kw = dict(groups=g, dropout=config.dropout, rngs=rngs)
     attn = lambda c: AttentionBlock(c, groups=g, num_heads=config.num_heads, rngs=rngs)  # noqa: E731
+    cross = lambda c: CrossAttentionBlock(c, config.text_dim, groups=g, num_heads=config.num_heads,  # noqa: E731
+                                          rngs=rngs)
+    crosses = config.cross_attention_resolutions if config.conditioning == "text" else ()
     down, skips_c, c, res = [], [c0], c0, config.resolution
     for level, mult in enumerate(config.channel_mults):
       for _ in range(config.num_res_blocks):
@@ -208,6 +283,8 @@ class UNet(nnx.Module):
         c = c0 * mult
         if res in config.attention_resolutions:
           block.append(attn(c))
+        if res in crosses:
+          block.append(cross(c))
         down.append(nnx.List(block))
         skips_c.append(c)
       if level != len(config.channel_mults) - 1:
@@ -215,7 +292,8 @@ class UNet(nnx.Module):
         skips_c.append(c)
         res //= 2
     self.down = nnx.List(down)
-    self.mid = nnx.List([ResBlock(c, c, emb_dim, **res_kw), attn(c), ResBlock(c, c, emb_dim, **res_kw)])
+    mid = [ResBlock(c, c, emb_dim, **res_kw), attn(c)] + ([cross(c)] if res in crosses else [])
+    self.mid = nnx.List(mid + [ResBlock(c, c, emb_dim, **res_kw)])
 
     up = []
     for level, mult in reversed(list(enumerate(config.channel_mults))):
@@ -224,6 +302,8 @@ class UNet(nnx.Module):
         c = c0 * mult
         if res in config.attention_resolutions:
           block.append(attn(c))
+        if res in crosses:
+          block.append(cross(c))
         up.append(nnx.List(block))
       if level != 0:
         up.append(nnx.List([Upsample(c, rngs=rngs)]))
@@ -234,7 +314,11 @@ class UNet(nnx.Module):
 
   def __call__(self, x: jax.Array, t: jax.Array, cond: jax.Array, *,
                dropout_key: jax.Array | None = None) -> jax.Array:
-    """Predicts ε. `t` [B] int timesteps, `cond` [B] class ids; dropout only when a key is given."""
+    """Predicts ε. `t` [B] int timesteps; dropout only when a key is given.
+
+    `cond` is class ids [B] for the class model, token ids [B, L] (or TextConditioner's dict) for
+    the text model.
+    """
     emb = self.time_mlp2(nnx.silu(self.time_mlp1(timestep_embedding(t, self.config.base_channels))))
     cond_emb, context = self.conditioner(cond)
     emb = emb + cond_emb
@@ -246,6 +330,8 @@ class UNet(nnx.Module):
         if isinstance(layer, ResBlock):
           h = layer(h, emb, key())
         elif isinstance(layer, AttentionBlock):
+          h = layer(h, context)
+        elif isinstance(layer, CrossAttentionBlock):
           h = layer(h, context)
         else:
           h = layer(h)

@@ -33,3 +33,14 @@ def tiny_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
   trainer.train_and_evaluate(tiny.get_config(), workdir)
   return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_text_run(tmp_path_factory):
+  """A workdir with the tiny text model trained to copy its one captioned image (the only text
+  training in the suite; shared by the text tests)."""
+  from configs import tiny_text
+  from minidiff import trainer
+  workdir = str(tmp_path_factory.mktemp("tiny_text_run"))
+  trainer.train_and_evaluate(tiny_text.get_config(), workdir)
+  return workdir
