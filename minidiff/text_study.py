@@ -125,16 +125,13 @@ def conditions(spec: TextSpec, prompts: Sequence[str], tokenizer: tokenizer_lib.
 
 def run_spec(eps_apply, params, schedule, spec: TextSpec, options: sampling.SamplingOptions,
              x_T: np.ndarray, cond: Any, null_row: Any, prompt_ids: np.ndarray,  # noqa: N803
-             key: jax.Array) -> sampling.SampleResult:
+             key: jax.Array, *, compiled_cache: dict | None = None) -> sampling.SampleResult:
   """Samples every (x_T, cond) pair with one spec in fixed-size batches (one compile).
 
   Conditions are pytrees with leading dim N (token ids [N, L], or a dict with the embedding noise);
   `null_row` has leading dim 1 and is repeated for the batch. `labels` of the result are prompt ids.
+  Specs that differ only in their prompts share a compiled sampler through `compiled_cache`.
   """
-  run = samplers.make_sampler(
-      eps_apply, schedule=schedule, strategy=spec.strategy, sampler=options.sampler,
-      num_steps=options.num_steps, eta=options.eta, spacing=options.spacing,
-      clip_x0=options.clip_x0, x0_steps=options.x0_steps, compute_d=False)
   n, b = len(prompt_ids), min(options.batch, len(prompt_ids))
   pad = -n % b
   padded = lambda a: np.concatenate([a, a[:pad]]) if pad else a  # noqa: E731
@@ -142,7 +139,16 @@ def run_spec(eps_apply, params, schedule, spec: TextSpec, options: sampling.Samp
   null = jax.tree.map(lambda a: jnp.asarray(np.repeat(a, b, axis=0)), null_row)
   part = lambda i: jax.tree.map(lambda a: jnp.asarray(a[i:i + b]), c_all)  # noqa: E731
   t0 = time.perf_counter()
-  compiled = run.lower(params, jnp.asarray(x_all[:b]), part(0), null, key).compile()
+  cache_key = (repr(spec.strategy), str(jax.tree.structure(cond)), b)
+  compiled = (compiled_cache or {}).get(cache_key)
+  if compiled is None:
+    run = samplers.make_sampler(
+        eps_apply, schedule=schedule, strategy=spec.strategy, sampler=options.sampler,
+        num_steps=options.num_steps, eta=options.eta, spacing=options.spacing,
+        clip_x0=options.clip_x0, x0_steps=options.x0_steps, compute_d=False)
+    compiled = run.lower(params, jnp.asarray(x_all[:b]), part(0), null, key).compile()
+    if compiled_cache is not None:
+      compiled_cache[cache_key] = compiled
   compile_s = time.perf_counter() - t0
   outs = []
   t0 = time.perf_counter()
@@ -293,13 +299,14 @@ def sample_and_study(workdir: str, guidance_specs: str | Sequence[str] | None = 
   distinct = list(dict.fromkeys(base))
   prompt_ids = np.asarray([distinct.index(p) for p in base], np.int32)
   t_start = time.perf_counter()
-  results = {}
+  results, compiled_cache = {}, {}
   for spec, (cond, null_row, perturbed) in zip(specs, conds):
     meta = _meta(spec, options, step, base)
     npz = os.path.join(outdir, f"{spec.slug}.npz")
     result = sampling.load_result(npz, meta)
     if result is None:
-      result = run_spec(eps_apply, params, schedule, spec, options, x_T, cond, null_row, prompt_ids, key)
+      result = run_spec(eps_apply, params, schedule, spec, options, x_T, cond, null_row, prompt_ids, key,
+                        compiled_cache=compiled_cache)
       sampling.save_result(result, spec, outdir, meta)
       log.info("%s: %d samples in %.1f s (compile %.1f s); e.g. %r", spec.label, num, result.sample_s,
                result.compile_s, perturbed[0])
