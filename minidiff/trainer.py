@@ -25,6 +25,8 @@ from tqdm import tqdm
 
 from minidiff import config as config_lib
 from minidiff import data as data_lib
+from minidiff import precision
+from minidiff import sharding
 from minidiff.checkpoint import Checkpointer, abstract_like
 from minidiff.duplication import DuplicatedSubset, build_duplicated_subset
 from minidiff.schedule import NoiseSchedule, make_schedule
@@ -80,31 +82,38 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> n
 
 
 def diffusion_loss(model: UNet, schedule: NoiseSchedule, x0: jax.Array, labels: jax.Array,
-                   key: jax.Array, *, p_uncond: float, null_id: int, train: bool = True) -> jax.Array:
-  """Monte-Carlo estimate of ‖ε − ε_θ(x_t, t, c)‖² (mean over pixels and batch)."""
+                   key: jax.Array, *, p_uncond: float, null_id: int, train: bool = True,
+                   compute_dtype: jnp.dtype = jnp.float32) -> jax.Array:
+  """Monte-Carlo estimate of ‖ε − ε_θ(x_t, t, c)‖² (mean over pixels and batch), in float32.
+
+  The UNet sees x_t in `compute_dtype` (its parameters must already be in that dtype).
+  """
   k_t, k_eps, k_drop, k_dropout = jax.random.split(key, 4)
   b = x0.shape[0]
   t = jax.random.randint(k_t, (b,), 0, schedule.T)
   eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
   x_t = schedule.q_sample(x0, t, eps)  # Ho et al. eq. 4
   cond = jnp.where(jax.random.bernoulli(k_drop, p_uncond, (b,)), null_id, labels)
-  eps_hat = model(x_t, t, cond, dropout_key=k_dropout if train else None)
-  return jnp.mean((eps - eps_hat) ** 2)
+  eps_hat = model(x_t.astype(compute_dtype), t, cond, dropout_key=k_dropout if train else None)
+  return jnp.mean((eps - eps_hat.astype(jnp.float32)) ** 2)
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: NoiseSchedule, *, p_uncond: float, null_id: int,
-                    ema_decay: float) -> Callable:
+                    ema_decay: float, compute_dtype: jnp.dtype = jnp.float32) -> Callable:
   """A jitted `(params, opt_state, ema, x0, labels, key, step) → (params, opt_state, ema, metrics)`.
 
-  params, opt_state and ema are donated: the step updates them in place.
+  params, opt_state and ema are donated: the step updates them in place. The same function runs
+  on one device or data-parallel: place the state replicated and x0/labels batch-sharded (see
+  `minidiff.sharding`) and XLA partitions the step, inserting the gradient all-reduce. With a
+  bf16 `compute_dtype` the forward and backward run in bf16 on float32 master parameters.
   """
 
   def loss_of_params(params, x0, labels, key):
-    return diffusion_loss(nnx.merge(graphdef, params), schedule, x0, labels, key,
-                          p_uncond=p_uncond, null_id=null_id)
+    model = nnx.merge(graphdef, precision.cast_floating(params, compute_dtype))
+    return diffusion_loss(model, schedule, x0, labels, key, p_uncond=p_uncond, null_id=null_id,
+                          compute_dtype=compute_dtype)
 
-  @jax.jit
   def step_fn(params, opt_state, ema, x0, labels, key, step):
     loss, grads = jax.value_and_grad(loss_of_params)(params, x0, labels, key)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -138,8 +147,19 @@ def restore_state(ckpt: Checkpointer, template: TrainState, step: int | None = N
   return TrainState(int(d["step"]), d["params"], d["ema_params"], d["opt_state"])
 
 
+def step_function(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+                  tx: optax.GradientTransformation) -> Callable:
+  """`make_train_step` with the schedule, dropout, EMA and precision settings of `config`."""
+  return make_train_step(graphdef, tx, make_schedule(config.diffusion.schedule, config.diffusion.T),
+                         p_uncond=config.train.p_uncond, null_id=config_lib.unet_config(config).null_id,
+                         ema_decay=config.train.ema_decay, compute_dtype=precision.compute_dtype(config))
+
+
 def load_ema_model(workdir: str, config: ml_collections.ConfigDict | None = None) -> tuple[UNet, int]:
-  """The UNet with the EMA parameters of the latest checkpoint in `workdir`, and its step."""
+  """The UNet with the EMA parameters of the latest checkpoint in `workdir`, and its step.
+
+  A checkpoint restores onto the default device whatever the device count it was saved with.
+  """
   config = config or config_lib.load_workdir_config(workdir)
   graphdef, template, _ = init_state(config)
   ckpt = Checkpointer(workdir)
@@ -156,31 +176,41 @@ def _append_jsonl(path: str, record: dict) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains (or resumes) the run in `workdir` up to config.train.steps; returns the final state."""
+  """Trains (or resumes) the run in `workdir` up to config.train.steps; returns the final state.
+
+  Data-parallel over the mesh of config.parallel (every device by default); each host loads only
+  its rows of each global batch. Everything is validated before anything is compiled.
+  """
   config_lib.validate_config(config)
-  config_lib.check_or_write_workdir_config(config, workdir)
+  sharding.initialize_distributed(config)
   t = config.train
+  mesh = sharding.mesh_from_config(config)
+  sharding.check_divisible(t.batch_size, mesh, "config.train.batch_size")
+  precision.compute_dtype(config)
+  config_lib.check_or_write_workdir_config(config, workdir)
   subset = load_training_data(config)
   subset.manifest.save(os.path.join(workdir, "manifest.json"))
   train = subset.train
   log.info("Training set: %d examples (%d unique, %d duplicated ×%d).", len(train),
            len(subset.unique_images), int(subset.manifest.is_duplicated.sum()), config.data.dup_factor)
 
-  schedule = make_schedule(config.diffusion.schedule, config.diffusion.T)
   graphdef, state, tx = init_state(config)
-  log.info("UNet: %d parameters.", count_params(nnx.merge(graphdef, state.params)))
+  log.info("UNet: %d parameters; data-parallel over %d %s device(s), %d host(s).",
+           count_params(nnx.merge(graphdef, state.params)), mesh.size, mesh.devices.flat[0].platform,
+           jax.process_count())
+  state = dataclasses.replace(state, **{k: sharding.replicate(getattr(state, k), mesh)
+                                        for k in ("params", "ema_params", "opt_state")})
   ckpt = Checkpointer(workdir, max_to_keep=t.max_to_keep)
   if ckpt.latest_step() is not None:
-    state = restore_state(ckpt, state)
+    state = restore_state(ckpt, state)  # restored with the template's (replicated) sharding
     log.info("Resumed from checkpoint at step %d in %s.", state.step, ckpt.directory)
   if state.step >= t.steps:
     log.info("Already trained to step %d ≥ train.steps=%d; nothing to do.", state.step, t.steps)
     ckpt.close()
     return state
 
-  null_id = config_lib.unet_config(config).null_id
-  step_fn = make_train_step(graphdef, tx, schedule, p_uncond=t.p_uncond, null_id=null_id,
-                            ema_decay=t.ema_decay)
+  step_fn = step_function(config, graphdef, tx)
+  rows = sharding.local_rows(t.batch_size)
   base_key = jax.random.key(config.seed)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   params, opt_state, ema = state.params, state.opt_state, state.ema_params
@@ -200,10 +230,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   bar = tqdm(range(state.step, t.steps), initial=state.step, total=t.steps, desc="train",
              unit="step", dynamic_ncols=True, mininterval=1.0)
   for step in bar:
-    idx = batch_indices(len(train), t.batch_size, step, config.seed)
-    key = jax.random.fold_in(base_key, step)
-    params, opt_state, ema, metrics = step_fn(params, opt_state, ema, train.images[idx],
-                                              train.labels[idx], key, step)
+    idx = batch_indices(len(train), t.batch_size, step, config.seed)[rows]  # this host's rows
+    x0, labels = sharding.global_batch(mesh, train.images[idx], train.labels[idx])
+    key = sharding.replicate(jax.random.fold_in(base_key, step), mesh)
+    params, opt_state, ema, metrics = step_fn(params, opt_state, ema, x0, labels, key, step)
     if pending is not None:
       window.append(check(*pending))
     pending = (step, metrics)
