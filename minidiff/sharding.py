@@ -82,16 +82,25 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
-def local_rows(global_batch: int) -> slice:
-  """The rows of a global batch that this host loads: host p of P takes the p-th contiguous share."""
-  per_host = global_batch // jax.process_count()
-  return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
+def local_rows(mesh: Mesh, global_batch: int) -> slice:
+  """The rows of a global batch that this host's devices hold (all rows on a single host)."""
+  index_map = batch_sharded(mesh).addressable_devices_indices_map((global_batch,))
+  starts = [ix[0].indices(global_batch)[0] for ix in index_map.values()]
+  stops = [ix[0].indices(global_batch)[1] for ix in index_map.values()]
+  return slice(min(starts), max(stops))
 
 
 def global_batch(mesh: Mesh, *local: np.ndarray) -> tuple[jax.Array, ...]:
-  """Each host's rows (see `local_rows`) → global batch-sharded arrays."""
+  """This host's rows of a batch (see `local_rows`) → global batch-sharded arrays."""
   sharding = batch_sharded(mesh)
   return tuple(jax.make_array_from_process_local_data(sharding, np.asarray(a)) for a in local)
+
+
+def shard_rows(mesh: Mesh, *full: np.ndarray) -> tuple[jax.Array, ...]:
+  """Whole batches that every host holds (e.g. the study's shared noises) → batch-sharded arrays."""
+  sharding = batch_sharded(mesh)
+  return tuple(jax.make_array_from_callback(a.shape, sharding, lambda ix, a=a: a[ix])
+               for a in map(np.asarray, full))
 
 
 def to_host(tree: Any) -> Any:

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from minidiff import config as config_lib
@@ -100,12 +101,14 @@ def diffusion_loss(model: UNet, schedule: NoiseSchedule, x0: jax.Array, labels: 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: NoiseSchedule, *, p_uncond: float, null_id: int,
-                    ema_decay: float, compute_dtype: jnp.dtype = jnp.float32) -> Callable:
+                    ema_decay: float, compute_dtype: jnp.dtype = jnp.float32,
+                    mesh: Mesh | None = None) -> Callable:
   """A jitted `(params, opt_state, ema, x0, labels, key, step) → (params, opt_state, ema, metrics)`.
 
   params, opt_state and ema are donated: the step updates them in place. The same function runs
   on one device or data-parallel: place the state replicated and x0/labels batch-sharded (see
-  `minidiff.sharding`) and XLA partitions the step, inserting the gradient all-reduce. With a
+  `minidiff.sharding`) and XLA partitions the step, inserting the gradient all-reduce; with `mesh`
+  the outputs are pinned replicated, so the next call sees the same shardings (no recompile). With a
   bf16 `compute_dtype` the forward and backward run in bf16 on float32 master parameters.
   """
 
@@ -123,7 +126,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
     return params, opt_state, ema, dict(loss=loss, grad_norm=optax.tree.norm(grads))
 
-  return jax.jit(step_fn, donate_argnums=(0, 1, 2))
+  out = None if mesh is None else sharding.replicated(mesh)
+  return jax.jit(step_fn, donate_argnums=(0, 1, 2), out_shardings=out)
 
 
 def load_training_data(config: ml_collections.ConfigDict) -> DuplicatedSubset:
@@ -148,11 +152,12 @@ def restore_state(ckpt: Checkpointer, template: TrainState, step: int | None = N
 
 
 def step_function(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
-                  tx: optax.GradientTransformation) -> Callable:
+                  tx: optax.GradientTransformation, mesh: Mesh | None = None) -> Callable:
   """`make_train_step` with the schedule, dropout, EMA and precision settings of `config`."""
   return make_train_step(graphdef, tx, make_schedule(config.diffusion.schedule, config.diffusion.T),
                          p_uncond=config.train.p_uncond, null_id=config_lib.unet_config(config).null_id,
-                         ema_decay=config.train.ema_decay, compute_dtype=precision.compute_dtype(config))
+                         ema_decay=config.train.ema_decay, compute_dtype=precision.compute_dtype(config),
+                         mesh=mesh)
 
 
 def load_ema_model(workdir: str, config: ml_collections.ConfigDict | None = None) -> tuple[UNet, int]:
@@ -209,8 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     ckpt.close()
     return state
 
-  step_fn = step_function(config, graphdef, tx)
-  rows = sharding.local_rows(t.batch_size)
+  step_fn = step_function(config, graphdef, tx, mesh)
+  rows = sharding.local_rows(mesh, t.batch_size)
   base_key = jax.random.key(config.seed)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   params, opt_state, ema = state.params, state.opt_state, state.ema_params
