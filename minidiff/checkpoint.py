@@ -65,5 +65,10 @@ class Checkpointer:
 
 
 def abstract_like(tree: Any) -> Any:
-  """The shape/dtype skeleton of a pytree, for `Checkpointer.restore`."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  """The shape/dtype/sharding skeleton of a pytree, for `Checkpointer.restore`.
+
+  Arrays restore with the sharding of `tree`'s leaves, not the one they were saved with, so a
+  checkpoint written on 8 devices restores on 1 (and the other way round).
+  """
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                     sharding=getattr(x, "sharding", None)), tree)

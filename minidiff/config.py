@@ -12,7 +12,9 @@ from minidiff.unet import UNetConfig
 
 # Fields that may change when a run is resumed (they do not change what has been trained so far).
 RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.max_to_keep",
-                    "data.data_dir", "sample", "study")
+                    "data.data_dir", "sample", "study", "parallel")
+# Fields added after runs were saved: a saved config without them had these values.
+ADDED_FIELD_DEFAULTS = {"model.compute_dtype": "float32"}
 
 
 def is_text(config: ml_collections.ConfigDict) -> bool:
@@ -114,7 +116,7 @@ def check_or_write_workdir_config(config: ml_collections.ConfigDict, workdir: st
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    a, b = flatten(old), flatten(new)
+    a, b = {**ADDED_FIELD_DEFAULTS, **flatten(old)}, flatten(new)
     diffs = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not _resumable(k))
     if diffs:
       lines = "\n".join(f"  {k}: saved {a.get(k)!r} → given {b.get(k)!r}" for k in diffs)

@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from minidiff import config as config_lib
-from minidiff import guidance, plots, samplers
+from minidiff import guidance, plots, precision, samplers, sharding
 from minidiff.checkpoint import Checkpointer
 from minidiff.schedule import make_schedule
 
@@ -144,26 +145,33 @@ class SampleResult:
 
 
 def run_strategy(eps_apply, params, schedule, spec: GuidanceSpec, options: SamplingOptions, x_T,  # noqa: N803
-                 labels, key, *, null_id: int) -> SampleResult:
-  """Samples every (x_T, label) pair with one strategy, in fixed-size batches (one compile)."""
+                 labels, key, *, null_id: int, mesh: Mesh | None = None) -> SampleResult:
+  """Samples every (x_T, label) pair with one strategy, in fixed-size batches (one compile).
+
+  Data-parallel over `mesh` (default: every device): parameters replicated, each batch split along
+  the batch axis. The batch is rounded up to a multiple of the device count (padding is dropped).
+  """
+  mesh = mesh or sharding.data_mesh()
   run = samplers.make_sampler(
       eps_apply, schedule=schedule, strategy=spec.strategy, sampler=options.sampler,
       num_steps=options.num_steps, eta=options.eta, spacing=options.spacing,
       clip_x0=options.clip_x0, x0_steps=options.x0_steps, compute_d=False)
-  n, b = len(labels), min(options.batch, len(labels))
+  n = len(labels)
+  b = -(-min(options.batch, n) // mesh.size) * mesh.size
   pad = -n % b
-  x_all = np.concatenate([x_T, x_T[:pad]]) if pad else x_T
-  y_all = np.concatenate([labels, labels[:pad]]) if pad else labels
-  null = jnp.full((b,), null_id, jnp.int32)
+  x_all = np.concatenate([x_T, np.resize(x_T, (pad,) + x_T.shape[1:])]) if pad else x_T
+  y_all = np.concatenate([labels, np.resize(labels, pad)]) if pad else labels
+  params = sharding.replicate(params, mesh)
+  null, = sharding.shard_rows(mesh, np.full((b,), null_id, np.int32))
+  batch = lambda i: sharding.shard_rows(mesh, x_all[i:i + b], y_all[i:i + b])  # noqa: E731
   t0 = time.perf_counter()
-  compiled = run.lower(params, jnp.asarray(x_all[:b]), jnp.asarray(y_all[:b]), null, key).compile()
+  compiled = run.lower(params, *batch(0), null, key).compile()
   compile_s = time.perf_counter() - t0
   outs = []
   t0 = time.perf_counter()
   for i in range(0, len(y_all), b):
-    x0, diag = compiled(params, jnp.asarray(x_all[i:i + b]), jnp.asarray(y_all[i:i + b]), null,
-                        jax.random.fold_in(key, i // b))
-    outs.append(jax.device_get((x0, diag)))
+    x0, diag = compiled(params, *batch(i), null, sharding.replicate(jax.random.fold_in(key, i // b), mesh))
+    outs.append(sharding.to_host((x0, diag)))
   sample_s = time.perf_counter() - t0
   per_step = lambda name: np.concatenate([getattr(o[1], name) for o in outs], axis=1)[:, :n]  # noqa: E731
   result = SampleResult(
@@ -241,6 +249,8 @@ def load_sampling_model(workdir: str):
 
   def eps_apply(p, x_t, t, cond):
     return nnx.merge(graphdef, p)(x_t, t, cond)
+
+  eps_apply = precision.with_compute_dtype(eps_apply, precision.compute_dtype(config))
 
   schedule = make_schedule(config.diffusion.schedule, config.diffusion.T)
   return config, eps_apply, params, schedule, config_lib.unet_config(config).null_id, step

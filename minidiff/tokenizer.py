@@ -31,6 +31,11 @@ def words(text: str) -> list[str]:
   return _WORD.findall(text.lower())
 
 
+def empty_caption(max_len: int) -> np.ndarray:
+  """The empty caption's ids [max_len] — the null condition — whatever the vocabulary."""
+  return np.asarray([NULL_ID] + [PAD_ID] * (max_len - 1), np.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Tokenizer:
   """Word → id map. `vocab[i]` is the word of id i; `max_len` counts the leading `<null>` token."""
@@ -83,7 +88,7 @@ class Tokenizer:
   @property
   def null_tokens(self) -> np.ndarray:
     """The null condition: the empty caption, [max_len] int32."""
-    return self.encode("")
+    return empty_caption(self.max_len)
 
   def unknown_words(self, text: str) -> list[str]:
     """Words of `text` that map to `<unk>`."""

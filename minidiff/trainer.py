@@ -22,11 +22,14 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from minidiff import captions as captions_lib
 from minidiff import config as config_lib
 from minidiff import data as data_lib
+from minidiff import precision
+from minidiff import sharding
 from minidiff import tokenizer as tokenizer_lib
 from minidiff.checkpoint import Checkpointer, abstract_like
 from minidiff.duplication import DuplicatedSubset, build_duplicated_subset
@@ -83,12 +86,13 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> n
 
 
 def diffusion_loss(model: UNet, schedule: NoiseSchedule, x0: jax.Array, labels: jax.Array,
-                   key: jax.Array, *, p_uncond: float, null_id: int | np.ndarray,
-                   train: bool = True) -> jax.Array:
-  """Monte-Carlo estimate of ‖ε − ε_θ(x_t, t, c)‖² (mean over pixels and batch).
+                   key: jax.Array, *, p_uncond: float, null_id: int | np.ndarray, train: bool = True,
+                   compute_dtype: jnp.dtype = jnp.float32) -> jax.Array:
+  """Monte-Carlo estimate of ‖ε − ε_θ(x_t, t, c)‖² (mean over pixels and batch), in float32.
 
-  `labels` are class ids [B] with `null_id` an int, or token ids [B, L] with `null_id` the empty
-  caption's tokens [L]; a dropped condition becomes the null one.
+  The UNet sees x_t in `compute_dtype` (its parameters must already be in that dtype). `labels`
+  are class ids [B] with `null_id` an int, or token ids [B, L] with `null_id` the empty caption's
+  tokens [L]; a dropped condition becomes the null one.
   """
   k_t, k_eps, k_drop, k_dropout = jax.random.split(key, 4)
   b = x0.shape[0]
@@ -97,23 +101,28 @@ def diffusion_loss(model: UNet, schedule: NoiseSchedule, x0: jax.Array, labels: 
   x_t = schedule.q_sample(x0, t, eps)  # Ho et al. eq. 4
   drop = jax.random.bernoulli(k_drop, p_uncond, (b,)).reshape((b,) + (1,) * (labels.ndim - 1))
   cond = jnp.where(drop, null_id, labels)
-  eps_hat = model(x_t, t, cond, dropout_key=k_dropout if train else None)
-  return jnp.mean((eps - eps_hat) ** 2)
+  eps_hat = model(x_t.astype(compute_dtype), t, cond, dropout_key=k_dropout if train else None)
+  return jnp.mean((eps - eps_hat.astype(jnp.float32)) ** 2)
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: NoiseSchedule, *, p_uncond: float, null_id: int,
-                    ema_decay: float) -> Callable:
+                    ema_decay: float, compute_dtype: jnp.dtype = jnp.float32,
+                    mesh: Mesh | None = None) -> Callable:
   """A jitted `(params, opt_state, ema, x0, labels, key, step) → (params, opt_state, ema, metrics)`.
 
-  params, opt_state and ema are donated: the step updates them in place.
+  params, opt_state and ema are donated: the step updates them in place. The same function runs
+  on one device or data-parallel: place the state replicated and x0/labels batch-sharded (see
+  `minidiff.sharding`) and XLA partitions the step, inserting the gradient all-reduce; with `mesh`
+  the outputs are pinned replicated, so the next call sees the same shardings (no recompile). With a
+  bf16 `compute_dtype` the forward and backward run in bf16 on float32 master parameters.
   """
 
   def loss_of_params(params, x0, labels, key):
-    return diffusion_loss(nnx.merge(graphdef, params), schedule, x0, labels, key,
-                          p_uncond=p_uncond, null_id=null_id)
+    model = nnx.merge(graphdef, precision.cast_floating(params, compute_dtype))
+    return diffusion_loss(model, schedule, x0, labels, key, p_uncond=p_uncond, null_id=null_id,
+                          compute_dtype=compute_dtype)
 
-  @jax.jit
   def step_fn(params, opt_state, ema, x0, labels, key, step):
     loss, grads = jax.value_and_grad(loss_of_params)(params, x0, labels, key)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -123,7 +132,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
     return params, opt_state, ema, dict(loss=loss, grad_norm=optax.tree.norm(grads))
 
-  return jax.jit(step_fn, donate_argnums=(0, 1, 2))
+  out = None if mesh is None else sharding.replicated(mesh)
+  return jax.jit(step_fn, donate_argnums=(0, 1, 2), out_shardings=out)
 
 
 def load_training_data(config: ml_collections.ConfigDict) -> DuplicatedSubset:
@@ -134,6 +144,12 @@ def load_training_data(config: ml_collections.ConfigDict) -> DuplicatedSubset:
   if config_lib.is_text(config):  # unique captions for the duplicated images, class ones else
     subset = captions_lib.caption_subset(subset, d.name, seed=config.seed)
   return subset
+
+
+def null_condition(config: ml_collections.ConfigDict) -> int | np.ndarray:
+  """The null condition of CFG: the null class id, or a text model's empty caption [max_tokens]."""
+  unet = config_lib.unet_config(config)
+  return tokenizer_lib.empty_caption(unet.max_tokens) if config_lib.is_text(config) else unet.null_id
 
 
 def training_conditions(config: ml_collections.ConfigDict, subset: DuplicatedSubset,
@@ -164,8 +180,20 @@ def restore_state(ckpt: Checkpointer, template: TrainState, step: int | None = N
   return TrainState(int(d["step"]), d["params"], d["ema_params"], d["opt_state"])
 
 
+def step_function(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+                  tx: optax.GradientTransformation, mesh: Mesh | None = None) -> Callable:
+  """`make_train_step` with the schedule, dropout, EMA and precision settings of `config`."""
+  return make_train_step(graphdef, tx, make_schedule(config.diffusion.schedule, config.diffusion.T),
+                         p_uncond=config.train.p_uncond, null_id=null_condition(config),
+                         ema_decay=config.train.ema_decay, compute_dtype=precision.compute_dtype(config),
+                         mesh=mesh)
+
+
 def load_ema_model(workdir: str, config: ml_collections.ConfigDict | None = None) -> tuple[UNet, int]:
-  """The UNet with the EMA parameters of the latest checkpoint in `workdir`, and its step."""
+  """The UNet with the EMA parameters of the latest checkpoint in `workdir`, and its step.
+
+  A checkpoint restores onto the default device whatever the device count it was saved with.
+  """
   config = config or config_lib.load_workdir_config(workdir)
   graphdef, template, _ = init_state(config)
   ckpt = Checkpointer(workdir)
@@ -182,31 +210,42 @@ def _append_jsonl(path: str, record: dict) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains (or resumes) the run in `workdir` up to config.train.steps; returns the final state."""
+  """Trains (or resumes) the run in `workdir` up to config.train.steps; returns the final state.
+
+  Data-parallel over the mesh of config.parallel (every device by default); each host loads only
+  its rows of each global batch. Everything is validated before anything is compiled.
+  """
   config_lib.validate_config(config)
-  config_lib.check_or_write_workdir_config(config, workdir)
+  sharding.initialize_distributed(config)
   t = config.train
+  mesh = sharding.mesh_from_config(config)
+  sharding.check_divisible(t.batch_size, mesh, "config.train.batch_size")
+  precision.compute_dtype(config)
+  config_lib.check_or_write_workdir_config(config, workdir)
   subset = load_training_data(config)
   subset.manifest.save(os.path.join(workdir, "manifest.json"))
   train = subset.train
-  conds, null_cond = training_conditions(config, subset, workdir)
+  conds, _ = training_conditions(config, subset, workdir)
   log.info("Training set: %d examples (%d unique, %d duplicated ×%d).", len(train),
            len(subset.unique_images), int(subset.manifest.is_duplicated.sum()), config.data.dup_factor)
 
-  schedule = make_schedule(config.diffusion.schedule, config.diffusion.T)
   graphdef, state, tx = init_state(config)
-  log.info("UNet: %d parameters.", count_params(nnx.merge(graphdef, state.params)))
+  log.info("UNet: %d parameters; data-parallel over %d %s device(s), %d host(s).",
+           count_params(nnx.merge(graphdef, state.params)), mesh.size, mesh.devices.flat[0].platform,
+           jax.process_count())
+  state = dataclasses.replace(state, **{k: sharding.replicate(getattr(state, k), mesh)
+                                        for k in ("params", "ema_params", "opt_state")})
   ckpt = Checkpointer(workdir, max_to_keep=t.max_to_keep)
   if ckpt.latest_step() is not None:
-    state = restore_state(ckpt, state)
+    state = restore_state(ckpt, state)  # restored with the template's (replicated) sharding
     log.info("Resumed from checkpoint at step %d in %s.", state.step, ckpt.directory)
   if state.step >= t.steps:
     log.info("Already trained to step %d ≥ train.steps=%d; nothing to do.", state.step, t.steps)
     ckpt.close()
     return state
 
-  step_fn = make_train_step(graphdef, tx, schedule, p_uncond=t.p_uncond, null_id=null_cond,
-                            ema_decay=t.ema_decay)
+  step_fn = step_function(config, graphdef, tx, mesh)
+  rows = sharding.local_rows(mesh, t.batch_size)
   base_key = jax.random.key(config.seed)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   params, opt_state, ema = state.params, state.opt_state, state.ema_params
@@ -226,10 +265,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   bar = tqdm(range(state.step, t.steps), initial=state.step, total=t.steps, desc="train",
              unit="step", dynamic_ncols=True, mininterval=1.0)
   for step in bar:
-    idx = batch_indices(len(train), t.batch_size, step, config.seed)
-    key = jax.random.fold_in(base_key, step)
-    params, opt_state, ema, metrics = step_fn(params, opt_state, ema, train.images[idx],
-                                              conds[idx], key, step)
+    idx = batch_indices(len(train), t.batch_size, step, config.seed)[rows]  # this host's rows
+    x0, labels = sharding.global_batch(mesh, train.images[idx], conds[idx])
+    key = sharding.replicate(jax.random.fold_in(base_key, step), mesh)
+    params, opt_state, ema, metrics = step_fn(params, opt_state, ema, x0, labels, key, step)
     if pending is not None:
       window.append(check(*pending))
     pending = (step, metrics)

@@ -218,13 +218,22 @@ class Downsample(nnx.Module):
     return self.conv(x)
 
 
+def upsample_nearest(x: jax.Array) -> jax.Array:
+  """2× nearest-neighbour upsampling [B, H, W, C] → [B, 2H, 2W, C] by broadcasting.
+
+  Equal to `jax.image.resize(x, ..., "nearest")`, whose gather lowers to a scatter-add in the
+  backward pass; a broadcast's gradient is a plain reduction (faster on XLA:CPU).
+  """
+  b, h, w, c = x.shape
+  return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+
+
 class Upsample(nnx.Module):
   def __init__(self, channels: int, *, rngs: nnx.Rngs):
     self.conv = _conv(channels, channels, 3, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    b, h, w, c = x.shape
-    return self.conv(jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest"))
+    return self.conv(upsample_nearest(x))
 
 
 class ClassConditioner(nnx.Module):
@@ -321,7 +330,7 @@ class UNet(nnx.Module):
     """
     emb = self.time_mlp2(nnx.silu(self.time_mlp1(timestep_embedding(t, self.config.base_channels))))
     cond_emb, context = self.conditioner(cond)
-    emb = emb + cond_emb
+    emb = (emb + cond_emb).astype(x.dtype)  # a bf16 x (mixed precision) keeps the blocks in bf16
     counter = iter(range(10_000))
     key = lambda: None if dropout_key is None else jax.random.fold_in(dropout_key, next(counter))  # noqa: E731
 
