@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.duplicated_classes = ()  # () = every class: K = 10 unique captions
 
   c.model.conditioning = "text"
-  c.model.vocab_size = 128  # capacity; the tokenizer built from the captions must fit (~75 words)
+  c.model.vocab_size = 128  # capacity; the tokenizer built from the captions must fit (69 tokens here)
   c.model.max_tokens = 16  # <null> + up to 15 words (captions ≤ 7 words, + 4 from perturbations)
   c.model.text_dim = 64
   c.model.text_layers = 2
