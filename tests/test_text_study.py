@@ -40,7 +40,7 @@ def test_text_study_schema_has_memorized_and_non_memorized_rows(tiny_text_run, t
                                    classifier_cache=str(tmp_path / "cache"))
   on_disk = json.load(open(os.path.join(out, "results.json")))
   assert on_disk == json.loads(json.dumps(results)) and on_disk["kind"] == "text"
-  assert list(on_disk["strategies"]) == ["cfg:w=3", "cfg:w=3+embedding_noise:lam=0.1",
+  assert list(on_disk["strategies"]) == ["cfg:w=3", "cfg:w=3+repeat_words:k=2",
                                          "cfg:w=3+random_tokens:k=2"]
   assert on_disk["n_memorized"] == 4 and on_disk["n_non_memorized"] == 4
   assert len(on_disk["prompts"]["memorized"]) == 1 and len(on_disk["prompts"]["non_memorized"]) == 4
@@ -52,7 +52,7 @@ def test_text_study_schema_has_memorized_and_non_memorized_rows(tiny_text_run, t
   noisy = on_disk["perturbed_examples"]["cfg:w=3+random_tokens:k=2"][0].split()
   assert len(noisy) == len(on_disk["perturbed_examples"]["cfg:w=3"][0].split()) + 2
   report = open(os.path.join(out, "report.md")).read()
-  assert "| `cfg:w=3+embedding_noise:lam=0.1` |" in report and "memorized: copies" in report
+  assert "| `cfg:w=3+repeat_words:k=2` |" in report and "memorized: copies" in report
   assert os.path.exists(os.path.join(out, "dt_eps_memorized_vs_not.png"))
 
 
