@@ -87,7 +87,7 @@ def test_checkpoint_that_does_not_match_the_config(tiny_run, tmp_path):
   cfg = json.load(open(os.path.join(workdir, "config.json")))
   cfg["model"]["base_channels"] = 16
   json.dump(cfg, open(os.path.join(workdir, "config.json"), "w"))
-  with pytest.raises(ValueError, match="matches the model"):
+  with pytest.raises(ValueError, match="can be restored into the model built from the config"):
     sample_and_study(workdir, "cfg", num=2)
 
 
