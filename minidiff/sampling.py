@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import time
+import zipfile
 from typing import Any, Sequence
 
 import jax
@@ -211,7 +212,7 @@ def load_result(path: str, meta: str) -> SampleResult | None:
       return SampleResult(**{k: f[k] for k in ("samples", "labels", "t", "d_eps", "d_x0", "w",
                                                 "transition_step", "x0")},
                           compile_s=float(timing[0]), sample_s=float(timing[1]))
-  except (OSError, ValueError, KeyError) as e:  # a partial or corrupt file: sample again
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # partial or corrupt: sample again
     log.warning("Ignoring unreadable %s (%s); sampling again.", path, e)
     return None
 

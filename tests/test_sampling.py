@@ -95,6 +95,22 @@ def test_sampling_a_tiny_run_writes_outputs_and_is_deterministic(tiny_run):
   assert set(summary["strategies"]) == {"cfg:w=2", "dynamic"}
 
 
+def test_partial_or_foreign_result_files_are_sampled_again(tmp_path, caplog):
+  [spec] = sampling.parse_guidance("cfg", T=100)
+  n = 4
+  result = sampling.SampleResult(
+      samples=np.zeros((n, 4, 4, 1), np.float32), labels=np.arange(n), t=np.array([50, 0]),
+      d_eps=np.ones((2, n)), d_x0=np.ones((2, n)), w=np.ones((2, n)),
+      transition_step=-np.ones(n, np.int32), x0=np.zeros((0,)), compile_s=1.0, sample_s=1.0)
+  path = sampling.save_result(result, spec, str(tmp_path), meta="m1")["npz"]
+  assert sampling.load_result(path, "m1").samples.shape == (n, 4, 4, 1)
+  assert sampling.load_result(path, "m2") is None  # made with other options or checkpoint
+  os.truncate(path, os.path.getsize(path) // 2)  # a file cut short (written by another tool)
+  with caplog.at_level("WARNING"):
+    assert sampling.load_result(path, "m1") is None
+  assert "Ignoring unreadable" in caplog.text
+
+
 def test_checkpoint_that_does_not_match_the_config(tiny_run, tmp_path):
   import shutil
   workdir = str(tmp_path / "w")
