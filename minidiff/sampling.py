@@ -212,7 +212,8 @@ def load_result(path: str, meta: str) -> SampleResult | None:
       return SampleResult(**{k: f[k] for k in ("samples", "labels", "t", "d_eps", "d_x0", "w",
                                                 "transition_step", "x0")},
                           compile_s=float(timing[0]), sample_s=float(timing[1]))
-  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # partial or corrupt: sample again
+  # A partial or corrupt file (a cut-short .npz raises BadZipFile): sample again.
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
     log.warning("Ignoring unreadable %s (%s); sampling again.", path, e)
     return None
 

@@ -129,7 +129,7 @@ _ANY_VALUE = st.one_of(
     st.tuples(st.integers(-1, 16), st.integers(0, 16)), st.just(()), st.none())
 
 
-@hypothesis.settings(max_examples=200, deadline=None, derandomize=True)
+@hypothesis.settings(max_examples=120, deadline=None, derandomize=True)
 @hypothesis.given(key=st.sampled_from(sorted(config_lib.FIELD_TYPES)), value=_ANY_VALUE)
 def test_property_any_bad_value_is_a_value_error_naming_a_field(key, value):
   from configs import tiny
