@@ -64,7 +64,8 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
     self._manager.wait_until_finished()
 
-  def restore(self, abstract_state: dict[str, Any], step: int | None = None) -> tuple[int, dict[str, Any]]:
+  def restore(self, abstract_state: dict[str, Any],
+              step: int | None = None) -> tuple[int, dict[str, Any]]:
     """Restores into the structure of `abstract_state` (from `jax.eval_shape`).
 
     With `step=None` the latest readable checkpoint is used; unreadable ones are skipped with a

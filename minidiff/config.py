@@ -133,7 +133,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check(t.warmup_steps >= 0, f"config.train.warmup_steps={t.warmup_steps} must be ≥ 0.")
   _check(t.weight_decay >= 0, f"config.train.weight_decay={t.weight_decay} must be ≥ 0.")
   _check(0.0 <= t.p_uncond < 1.0, f"config.train.p_uncond={t.p_uncond} must lie in [0, 1) (e.g. 0.1).")
-  _check(0.0 <= t.ema_decay < 1.0, f"config.train.ema_decay={t.ema_decay} must lie in [0, 1) (e.g. 0.999).")
+  _check(0.0 <= t.ema_decay < 1.0,
+         f"config.train.ema_decay={t.ema_decay} must lie in [0, 1) (e.g. 0.999).")
   _check(t.grad_clip > 0, f"config.train.grad_clip={t.grad_clip} must be > 0.")
   for key in ("checkpoint_every", "log_every", "max_to_keep"):
     _check(t[key] >= 1, f"config.train.{key}={t[key]} must be ≥ 1.")

@@ -104,7 +104,8 @@ def test_all_checkpoints_unreadable_is_an_error_and_nothing_moves(tmp_path):
   ckpt = _saved(tmp_path)
   for s in (1, 2):
     DAMAGE["data_truncated"](os.path.join(ckpt.directory, str(s)))
-  with pytest.raises(ValueError, match=r"(?s)None of the checkpoints .* can be restored.*does not start over.*step 2: .*step 1: "):
+  with pytest.raises(ValueError, match=r"(?s)None of the checkpoints .* can be restored.*"
+                                       r"does not start over.*step 2: .*step 1: "):
     ckpt.restore(abstract_like(_state(0)))
   assert ckpt.all_steps() == [1, 2] and not os.path.exists(ckpt.quarantine)
   ckpt.close()

@@ -128,8 +128,10 @@ def test_property_counts_and_manifest_consistent_for_any_valid_spec(case):
 
 @hypothesis.settings(max_examples=150, deadline=None, derandomize=True)
 @hypothesis.given(n_unique=st.integers(-1, 12), n_dup=st.integers(-1, 13), factor=st.integers(-1, 4),
-                  fraction=st.floats(-0.5, 1.5), classes=st.none() | st.lists(st.integers(-2, 4)).map(tuple))
-def test_property_any_spec_builds_or_is_a_value_error(source, n_unique, n_dup, factor, fraction, classes):
+                  fraction=st.floats(-0.5, 1.5),
+                  classes=st.none() | st.lists(st.integers(-2, 4)).map(tuple))
+def test_property_any_spec_builds_or_is_a_value_error(source, n_unique, n_dup, factor, fraction,
+                                                       classes):
   spec = DuplicationSpec(n_unique, n_dup, factor, fraction, classes, seed=0)
   try:
     sub = build_duplicated_subset(source, spec)

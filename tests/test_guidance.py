@@ -343,7 +343,8 @@ def _trace(strategy, ts, d_eps, d_x0, schedule):
 @hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
 @hypothesis.given(strategy=_strategies(), T=st.sampled_from(sorted(_SCHEDULES)),
                   spacing=st.sampled_from(samplers.SPACINGS), data=st.data())
-def test_property_w_finite_transitions_latched_schedules_as_promised(strategy, T, spacing, data):  # noqa: N803
+def test_property_w_finite_transitions_latched_schedules_as_promised(  # noqa: N803
+    strategy, T, spacing, data):
   name, s = strategy
   s.validate(T)
   num_steps = data.draw(st.integers(1, 20), label="num_steps")

@@ -78,7 +78,8 @@ def test_interrupted_study_reuses_finished_strategies_and_the_cached_classifier(
   out, cache = str(tmp_path / "study"), str(tmp_path / "cache")
   calls, crash = [], ["sampling"]
 
-  def run_strategy(eps_apply, params, schedule, spec, options, x_T, labels, key, *, null_id):  # noqa: N803
+  def run_strategy(eps_apply, params, schedule, spec, options, x_T, labels, key,  # noqa: N803
+                   *, null_id):
     """Stands in for the sampler (its cost is not what is tested): crashes on the 2nd strategy."""
     calls.append(spec.label)
     if crash[0] == "sampling" and len(calls) == 2:
@@ -96,7 +97,8 @@ def test_interrupted_study_reuses_finished_strategies_and_the_cached_classifier(
   with pytest.raises(RuntimeError, match="second strategy"):
     study.sample_and_study(tiny_run, "none,cfg", outdir=out, classifier_cache=cache)
   assert calls == ["none", "cfg"]
-  assert os.path.exists(os.path.join(out, "none.npz")) and not os.path.exists(os.path.join(out, "cfg.npz"))
+  assert os.path.exists(os.path.join(out, "none.npz"))
+  assert not os.path.exists(os.path.join(out, "cfg.npz"))
 
   calls.clear()
   crash[0] = "evaluation"
