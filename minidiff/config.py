@@ -39,7 +39,7 @@ def duplication_spec(config: ml_collections.ConfigDict) -> DuplicationSpec:
 
 # Every field the library reads, with its type: `int` fields take ints (not bools or floats), `float`
 # fields take finite ints or floats. Checked before any range, so no check below meets a bad type.
-FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+FIELD_TYPES: dict[str, type] = {
     "seed": int,
     "data.name": str, "data.data_dir": str, "data.resolution": int, "data.channels": int,
     "data.n_unique_per_class": int, "data.num_duplicated_per_class": int, "data.dup_factor": int,
