@@ -134,7 +134,7 @@ def test_nan_samples_are_named_with_their_strategy_indices_and_classes():
     return jnp.where((cond == 3)[:, None, None, None], jnp.nan, params * x_t)
 
   [spec] = sampling.parse_guidance("cfg:w=2", T=100)
-  options = sampling.SamplingOptions(num=6, classes=(1, 3, 5), num_steps=3, batch=4)
+  options = sampling.SamplingOptions(num=6, classes=(1, 3, 5), num_steps=2, batch=4)
   x_T, labels, key = sampling.shared_inputs(options, shape=(4, 4, 1), num_classes=10)  # noqa: N806
   with pytest.raises(FloatingPointError, match=r"Strategy 'cfg:w=2' produced NaN/Inf in 2 of 6 "
                      r"samples: indices \[1, 4\], classes \[3, 3\]\. Nothing was saved"):

@@ -54,9 +54,15 @@ def test_evaluate_strategy_on_constructed_samples():
   assert row["samples_per_s"] == pytest.approx(2.5)
 
 
-def test_tiny_end_to_end_study(tiny_run, tmp_path):
+@pytest.fixture(scope="module")
+def classifier_cache(tmp_path_factory):
+  """One evaluation-classifier cache for this module: trained once, then loaded."""
+  return str(tmp_path_factory.mktemp("classifier_cache"))
+
+
+def test_tiny_end_to_end_study(tiny_run, tmp_path, classifier_cache):
   out = str(tmp_path / "study")
-  results = study.sample_and_study(tiny_run, outdir=out, classifier_cache=str(tmp_path / "cache"))
+  results = study.sample_and_study(tiny_run, outdir=out, classifier_cache=classifier_cache)
   on_disk = json.load(open(os.path.join(out, "results.json")))
   assert on_disk == json.loads(json.dumps(results))
   assert set(on_disk["strategies"]) == {"none", "cfg", "dynamic"}
@@ -72,10 +78,10 @@ def test_tiny_end_to_end_study(tiny_run, tmp_path):
     assert os.path.exists(os.path.join(out, png)), png
 
 
-def test_interrupted_study_reuses_finished_strategies_and_the_cached_classifier(tiny_run, tmp_path,
-                                                                                monkeypatch):
+def test_interrupted_study_reuses_finished_strategies_and_the_cached_classifier(
+    tiny_run, tmp_path, monkeypatch, classifier_cache):
   from minidiff import classifier as classifier_lib
-  out, cache = str(tmp_path / "study"), str(tmp_path / "cache")
+  out, cache = str(tmp_path / "study"), classifier_cache  # trained here or by the test above
   calls, crash = [], ["sampling"]
 
   def run_strategy(eps_apply, params, schedule, spec, options, x_T, labels, key,  # noqa: N803
