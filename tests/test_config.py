@@ -183,10 +183,11 @@ def test_missing_workdir_config(tmp_path):
 @pytest.mark.parametrize("field, value, match", [
     ("model.compute_dtype", "float16", "compute_dtype='float16'"),
     ("parallel.num_devices", -1, "num_devices=-1"),
-    ("parallel.multi_host", "yes", "must be True or False"),
+    ("parallel.process_id", 4, r"process_id=4 must lie in \[0, num_processes=2\)"),
 ])
 def test_parallel_and_precision_fields(tiny_config, field, value, match):
   section, key = field.split(".")
   tiny_config[section][key] = value
+  tiny_config.parallel.update(multi_host=True, coordinator_address="host:1234", num_processes=2)
   with pytest.raises(ValueError, match=match):
     config_lib.validate_config(tiny_config)
