@@ -96,6 +96,8 @@ def test_resume_equals_uninterrupted_run(straight_run, tmp_path):
   resumed = trainer.train_and_evaluate(c, str(tmp_path))
   assert resumed.step == 12
   _assert_bitwise_equal(resumed, reference)
+  with open(tmp_path / "metrics.jsonl") as f:  # steps 4–5 were logged, then trained again: once each
+    assert [json.loads(line)["step"] for line in f] == list(range(1, 13))
 
 
 def test_sigkill_then_rerun_resumes_to_the_same_parameters(straight_run, tmp_path):
