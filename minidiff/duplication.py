@@ -47,6 +47,10 @@ class DuplicationSpec:
       raise ValueError("Give either dup_fraction or num_duplicated_per_class, not both.")
     if (self.dup_fraction > 0 or self.num_duplicated_per_class > 0) and self.dup_factor == 1:
       raise ValueError("Duplicated images need dup_factor ≥ 2; dup_factor=1 duplicates nothing.")
+    n_unique = self.n_unique_per_class * num_classes
+    if self.dup_fraction > 0 and round(self.dup_fraction * n_unique) == 0:
+      raise ValueError(f"dup_fraction={self.dup_fraction} of {n_unique} unique images rounds to no "
+                       f"duplicated image; use dup_fraction ≥ {1 / n_unique:.3g}.")
     bad = [c for c in (self.duplicated_classes or ()) if not 0 <= c < num_classes]
     if bad:
       raise ValueError(f"duplicated_classes contains {bad}, outside 0…{num_classes - 1}.")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import numbers
 from typing import Any, Callable, Mapping
 
 import jax
@@ -113,8 +114,14 @@ def _per_sample(value: jax.Array, d: jax.Array) -> jax.Array:
 
 def _check_finite(**values: float) -> None:
   for name, v in values.items():
-    if not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
       raise ValueError(f"{name} must be a finite number, got {v!r}.")
+
+
+def _is_integer(v: Any) -> bool:
+  """True for an int, or a finite float with an integral value (e.g. 600.0)."""
+  return (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+          and v == int(v))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +188,7 @@ class StaticTransition(Strategy):
 
   def __post_init__(self):
     _check_finite(w_pre=self.w_pre, w_post=self.w_post)
-    if self.tau != int(self.tau) or self.tau < 0:
+    if not _is_integer(self.tau) or self.tau < 0:
       raise ValueError(f"tau must be an integer timestep ≥ 0, got {self.tau!r}.")
     object.__setattr__(self, "tau", int(self.tau))
 
@@ -230,13 +237,14 @@ class DynamicTransition(Strategy):
     _check_finite(w_pre=self.w_pre, w_post=self.w_post)
     if self.measure not in MEASURES:
       raise ValueError(f"measure must be one of {MEASURES}, got {self.measure!r}.")
-    if self.min_step != int(self.min_step) or self.min_step < 2:
+    if not _is_integer(self.min_step) or self.min_step < 2:
       raise ValueError(
           f"min_step must be an integer ≥ 2 (the rule needs 3 points), got {self.min_step!r}.")
+    if not _is_integer(self.smooth) or self.smooth < 1:
+      raise ValueError(f"smooth must be an integer window ≥ 1, got {self.smooth!r}.")
+    _check_finite(peak_fraction=self.peak_fraction)
     if not 0.0 < self.peak_fraction <= 1.0:
       raise ValueError(f"peak_fraction must lie in (0, 1], got {self.peak_fraction!r}.")
-    if self.smooth != int(self.smooth) or self.smooth < 1:
-      raise ValueError(f"smooth must be an integer window ≥ 1, got {self.smooth!r}.")
     object.__setattr__(self, "min_step", int(self.min_step))
     object.__setattr__(self, "smooth", int(self.smooth))
 
@@ -361,7 +369,7 @@ def _coerce(value: Any, default: Any) -> Any:
     return value
   if isinstance(default, int):
     as_float = float(value)
-    if as_float != int(as_float):
+    if not _is_integer(as_float):
       raise ValueError(f"expected an integer, got {value!r}.")
     return int(as_float)
   return float(value)

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import time
+import zipfile
 from typing import Any, Sequence
 
 import jax
@@ -91,6 +92,7 @@ class SamplingOptions:
   x0_steps: tuple[int, ...] = ()
 
   def validate(self, T: int, num_classes: int) -> None:  # noqa: N803
+    """Raises ValueError, naming the flag and its valid range, before anything is compiled."""
     if self.num < 1:
       raise ValueError(f"--num={self.num} must be ≥ 1.")
     if self.batch < 1:
@@ -105,6 +107,10 @@ class SamplingOptions:
     bad = [c for c in self.classes if not 0 <= c < num_classes]
     if bad:
       raise ValueError(f"--classes contains {bad}; the model has classes 0…{num_classes - 1}.")
+    bad = [k for k in self.x0_steps if not -self.num_steps <= k < self.num_steps]
+    if bad:
+      raise ValueError(f"--x0_steps contains {bad}; step indices lie in [−{self.num_steps}, "
+                       f"{self.num_steps}) for --steps={self.num_steps}.")
 
 
 def options_from_config(config: ml_collections.ConfigDict, **kw: Any) -> SamplingOptions:
@@ -179,11 +185,21 @@ def run_strategy(eps_apply, params, schedule, spec: GuidanceSpec, options: Sampl
       d_eps=per_step("d_eps"), d_x0=per_step("d_x0"), w=per_step("w"), x0=per_step("x0"),
       transition_step=np.concatenate([o[1].transition_step for o in outs])[:n],
       compile_s=compile_s, sample_s=sample_s)
-  bad = np.flatnonzero(~np.isfinite(result.samples.reshape(n, -1)).all(axis=1))
-  if len(bad):
-    raise FloatingPointError(f"Strategy {spec.label!r} produced NaN/Inf for {len(bad)} samples "
-                             f"(indices {bad[:20].tolist()}…, classes {labels[bad[:20]].tolist()}).")
+  check_finite(result, spec.label)
   return result
+
+
+def check_finite(result: SampleResult, label: str, *, show: int = 20) -> None:
+  """Raises FloatingPointError naming the strategy and the samples that are NaN/Inf, if any."""
+  n = len(result.labels)
+  bad = np.flatnonzero(~np.isfinite(result.samples.reshape(n, -1)).all(axis=1))
+  if not len(bad):
+    return
+  more = f" (first {show} shown)" if len(bad) > show else ""
+  raise FloatingPointError(
+      f"Strategy {label!r} produced NaN/Inf in {len(bad)} of {n} samples{more}: indices "
+      f"{bad[:show].tolist()}, classes {result.labels[bad[:show]].tolist()}. Nothing was saved for "
+      f"it. Check that the checkpoint's training loss was finite, or lower the guidance weight.")
 
 
 def result_meta(spec: GuidanceSpec, options: SamplingOptions, checkpoint_step: int) -> str:
@@ -204,7 +220,8 @@ def load_result(path: str, meta: str) -> SampleResult | None:
       return SampleResult(**{k: f[k] for k in ("samples", "labels", "t", "d_eps", "d_x0", "w",
                                                 "transition_step", "x0")},
                           compile_s=float(timing[0]), sample_s=float(timing[1]))
-  except (OSError, ValueError, KeyError) as e:  # a partial or corrupt file: sample again
+  # A partial or corrupt file (a cut-short .npz raises BadZipFile): sample again.
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
     log.warning("Ignoring unreadable %s (%s); sampling again.", path, e)
     return None
 

@@ -142,7 +142,7 @@ def sample_and_study(workdir: str, guidance_specs: str | Sequence[str] | None = 
   num_classes = config_lib.unet_config(config).num_classes
   guidance_specs = guidance_specs or config.study.guidance
   specs = sampling.parse_guidance(guidance_specs, T=config.diffusion.T, overrides=overrides)
-  num = num or config.study.num_samples
+  num = config.study.num_samples if num is None else num  # --num 0 is an error, not the default
   options = sampling.options_from_config(config, num=num, classes=tuple(classes), num_steps=num_steps,
                                          eta=eta, sampler=sampler, spacing=spacing, seed=seed,
                                          batch=batch, x0_steps=tuple(x0_steps))

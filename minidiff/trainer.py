@@ -209,6 +209,20 @@ def _append_jsonl(path: str, record: dict) -> None:
     f.write(json.dumps(record) + "\n")
 
 
+def _drop_metrics_after(path: str, step: int) -> None:
+  """Keeps the metrics.jsonl records up to `step` (a killed run logged steps it did not save)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  kept = [line for line in lines if json.loads(line)["step"] <= step]
+  if len(kept) != len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (or resumes) the run in `workdir` up to config.train.steps; returns the final state.
 
@@ -239,6 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if ckpt.latest_step() is not None:
     state = restore_state(ckpt, state)  # restored with the template's (replicated) sharding
     log.info("Resumed from checkpoint at step %d in %s.", state.step, ckpt.directory)
+  _drop_metrics_after(os.path.join(workdir, "metrics.jsonl"), state.step)  # they are trained again
   if state.step >= t.steps:
     log.info("Already trained to step %d ≥ train.steps=%d; nothing to do.", state.step, t.steps)
     ckpt.close()
@@ -254,12 +269,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   pending = None  # (step, metrics) of the step in flight: checked after the next one is dispatched
 
   def check(step: int, metrics: dict) -> float:
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):
+    # The gradient too: a NaN/Inf gradient with a finite loss makes the parameters NaN, and at a
+    # checkpoint step they would be saved and reported as the last good checkpoint.
+    loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
       where = f"step {last_good} in {ckpt.directory}" if last_good is not None else "none yet"
       raise FloatingPointError(
-          f"Training loss became {loss} at step {step}. Last good checkpoint: {where} (kept). "
-          f"Lower config.train.lr or raise warmup_steps, then rerun to resume from it.")
+          f"Training loss became {loss} at step {step} (gradient norm {grad_norm}). Last good "
+          f"checkpoint: {where} (kept). Lower config.train.lr or raise warmup_steps, then rerun "
+          f"to resume from it.")
     return loss
 
   bar = tqdm(range(state.step, t.steps), initial=state.step, total=t.steps, desc="train",

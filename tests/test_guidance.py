@@ -297,3 +297,80 @@ def test_weight_is_jittable_in_a_scan():
   # the plateau 1.5, 1.5 is not strict, so no transition; raw d would fire at k = 3
   assert int(transition[0]) == -1 and np.all(np.asarray(w) == 1.0)
   assert run_strategy(guidance.make_strategy("dynamic"), np.zeros(6), np.asarray(d))[1][0] == 3
+
+
+# --- properties over random strategies, grids and d_t sequences -----------------------------------
+# Eager per-step calls with a fixed batch of 3: every jnp op compiles once, not once per example.
+
+_B = 3
+_SCHEDULES = {100: linear_schedule(100), 1000: SCHEDULE}
+_FLOAT = st.floats(-20, 20)
+_D = st.floats(allow_nan=True, allow_infinity=True, width=32)  # what a broken model could give
+_PARAMS = {
+    "none": {}, "conditional": {}, "cfg": {"w": _FLOAT},
+    "static": {"w_pre": _FLOAT, "tau": st.integers(0, 99), "w_post": _FLOAT},
+    "opposite": {"s": st.floats(0.01, 20), "tau": st.integers(0, 99), "w_post": _FLOAT},
+    "dynamic": {"w_pre": _FLOAT, "w_post": _FLOAT, "measure": st.sampled_from(guidance.MEASURES),
+                "min_step": st.integers(2, 6), "peak_fraction": st.floats(0.1, 1.0),
+                "smooth": st.integers(1, 3)},
+    "dynamic_opposite": {"s": st.floats(0.01, 20), "w_post": _FLOAT},
+    "interval": {"w": _FLOAT, "sigma_lo": st.floats(0.0, 2.0)},
+    "linear": {"w_min": _FLOAT, "w_max": _FLOAT}, "cosine": {"w_min": _FLOAT, "w_max": _FLOAT},
+}
+
+
+@st.composite
+def _strategies(draw):
+  name = draw(st.sampled_from(guidance.STRATEGY_NAMES))
+  params = {k: draw(v) for k, v in _PARAMS[name].items()}
+  if name == "interval":
+    params["sigma_hi"] = params["sigma_lo"] + draw(st.floats(0.01, 5.0))
+  return name, guidance.make_strategy(name, **params)
+
+
+def _trace(strategy, ts, d_eps, d_x0, schedule):
+  """w [S, B] and transition_step [S, B] after every step (run_strategy keeps only the last)."""
+  state = strategy.init_state(_B)
+  ws, transitions = [], []
+  for k, t in enumerate(ts):
+    w, state = strategy.weight(state, k, jnp.int32(t), jnp.asarray(d_eps[k]), jnp.asarray(d_x0[k]),
+                               schedule=schedule)
+    ws.append(np.asarray(w))
+    transitions.append(np.asarray(state.transition_step))
+  return np.stack(ws), np.stack(transitions)
+
+
+@hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
+@hypothesis.given(strategy=_strategies(), T=st.sampled_from(sorted(_SCHEDULES)),
+                  spacing=st.sampled_from(samplers.SPACINGS), data=st.data())
+def test_property_w_finite_transitions_latched_schedules_as_promised(  # noqa: N803
+    strategy, T, spacing, data):
+  name, s = strategy
+  s.validate(T)
+  num_steps = data.draw(st.integers(1, 20), label="num_steps")
+  ts = samplers.time_grid(T, num_steps, spacing)
+  d_eps, d_x0 = (np.asarray(data.draw(st.lists(st.lists(_D, min_size=_B, max_size=_B),
+                                                min_size=num_steps, max_size=num_steps), label=m),
+                            np.float32) for m in ("d_eps", "d_x0"))
+  w, tr = _trace(s, ts, d_eps, d_x0, _SCHEDULES[T])
+  k = np.arange(num_steps)[:, None]
+  assert w.shape == (num_steps, _B) and np.isfinite(w).all()  # even when d is NaN or ±inf
+  # Transitions: −1 until one fires (at the current step k), then latched for good.
+  assert ((tr == -1) | ((tr >= 0) & (tr <= k))).all()
+  fired_before = tr[:-1] >= 0
+  assert (tr[1:][fired_before] == tr[:-1][fired_before]).all()
+  assert ((tr[1:] == tr[:-1]) | (tr[1:] == k[1:])).all()  # a new value is always the current step
+  final = tr[-1]
+  if isinstance(s, (guidance.StaticTransition, guidance.DynamicTransition)):
+    on = (final >= 0) & (k >= final)  # w_post from the transition step on, w_pre before
+    np.testing.assert_array_equal(w, np.where(on, np.float32(s.w_post), np.float32(s.w_pre)))
+  if isinstance(s, guidance.StaticTransition):
+    first = np.flatnonzero(ts <= s.tau)
+    assert (final == (first[0] if len(first) else -1)).all()  # the same step for every sample
+  elif isinstance(s, guidance.IncreasingSchedule):
+    lo, hi = min(s.w_min, s.w_max), max(s.w_min, s.w_max)
+    assert (w >= lo - 1e-4).all() and (w <= hi + 1e-4).all() and (final == -1).all()
+    steps = np.diff(w, axis=0) * np.sign(s.w_max - s.w_min)  # t falls along k: w moves to w_max
+    assert (steps >= -1e-4 * max(1.0, hi - lo)).all()
+  elif not isinstance(s, guidance.DynamicTransition):
+    assert set(np.unique(w)) <= {np.float32(v) for v in s.levels()} and (final == -1).all()

@@ -1,6 +1,11 @@
 import json
+import math
 import os
+import re
 
+import hypothesis
+import hypothesis.strategies as st
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -35,7 +40,8 @@ def test_bad_guidance_specs(spec, overrides, match):
 @pytest.mark.parametrize("kw, match", [
     (dict(eta=1.5), "eta"), (dict(num_steps=0), "steps"), (dict(num_steps=1001), "steps"),
     (dict(sampler="euler"), "sampler"), (dict(spacing="log"), "spacing"), (dict(classes=(10,)), "classes"),
-    (dict(num=0), "num"),
+    (dict(num=0), "num"), (dict(batch=0), "batch"), (dict(x0_steps=(0, 50)), r"x0_steps contains \[50\]"),
+    (dict(x0_steps=(-51,)), "x0_steps"),
 ])
 def test_bad_sampling_options(kw, match):
   with pytest.raises(ValueError, match=match):
@@ -61,6 +67,15 @@ def test_no_checkpoint_is_a_clear_error_before_compiling(tiny_config, tmp_path):
     sample_and_study(str(tmp_path / "nothing"), "cfg", num=2)
 
 
+def test_bad_sample_count_is_an_error_before_loading_the_model(tiny_config, tmp_path):
+  from minidiff import config as config_lib
+  config_lib.check_or_write_workdir_config(tiny_config, str(tmp_path))  # no checkpoint: not reached
+  with pytest.raises(ValueError, match="--num=0 must be ≥ 1"):  # not silently the config's 12
+    sample_and_study(str(tmp_path), "cfg", num=0)
+  with pytest.raises(ValueError, match="--classes contains \\[-1\\]"):
+    sample_and_study(str(tmp_path), "cfg", classes=(-1,))
+
+
 def test_sampling_a_tiny_run_writes_outputs_and_is_deterministic(tiny_run):
   workdir = tiny_run
   out = [os.path.join(workdir, f"s{i}") for i in range(2)]
@@ -80,6 +95,22 @@ def test_sampling_a_tiny_run_writes_outputs_and_is_deterministic(tiny_run):
   assert set(summary["strategies"]) == {"cfg:w=2", "dynamic"}
 
 
+def test_partial_or_foreign_result_files_are_sampled_again(tmp_path, caplog):
+  [spec] = sampling.parse_guidance("cfg", T=100)
+  n = 4
+  result = sampling.SampleResult(
+      samples=np.zeros((n, 4, 4, 1), np.float32), labels=np.arange(n), t=np.array([50, 0]),
+      d_eps=np.ones((2, n)), d_x0=np.ones((2, n)), w=np.ones((2, n)),
+      transition_step=-np.ones(n, np.int32), x0=np.zeros((0,)), compile_s=1.0, sample_s=1.0)
+  path = sampling.save_result(result, spec, str(tmp_path), meta="m1")["npz"]
+  assert sampling.load_result(path, "m1").samples.shape == (n, 4, 4, 1)
+  assert sampling.load_result(path, "m2") is None  # made with other options or checkpoint
+  os.truncate(path, os.path.getsize(path) // 2)  # a file cut short (written by another tool)
+  with caplog.at_level("WARNING"):
+    assert sampling.load_result(path, "m1") is None
+  assert "Ignoring unreadable" in caplog.text
+
+
 def test_checkpoint_that_does_not_match_the_config(tiny_run, tmp_path):
   import shutil
   workdir = str(tmp_path / "w")
@@ -87,10 +118,69 @@ def test_checkpoint_that_does_not_match_the_config(tiny_run, tmp_path):
   cfg = json.load(open(os.path.join(workdir, "config.json")))
   cfg["model"]["base_channels"] = 16
   json.dump(cfg, open(os.path.join(workdir, "config.json"), "w"))
-  with pytest.raises(ValueError, match="matches the model"):
+  with pytest.raises(ValueError, match="can be restored into the model built from the config"):
     sample_and_study(workdir, "cfg", num=2)
 
 
 def test_strategy_names_are_all_accepted():
   specs = sampling.parse_guidance(",".join(guidance.STRATEGY_NAMES), T=1000)
   assert len(specs) == len(guidance.STRATEGY_NAMES)
+
+
+def test_nan_samples_are_named_with_their_strategy_indices_and_classes():
+  from minidiff.schedule import linear_schedule
+
+  def eps_apply(params, x_t, t, cond):  # finite, except for the class-3 condition: NaN
+    return jnp.where((cond == 3)[:, None, None, None], jnp.nan, params * x_t)
+
+  [spec] = sampling.parse_guidance("cfg:w=2", T=100)
+  options = sampling.SamplingOptions(num=6, classes=(1, 3, 5), num_steps=2, batch=4)
+  x_T, labels, key = sampling.shared_inputs(options, shape=(4, 4, 1), num_classes=10)  # noqa: N806
+  with pytest.raises(FloatingPointError, match=r"Strategy 'cfg:w=2' produced NaN/Inf in 2 of 6 "
+                     r"samples: indices \[1, 4\], classes \[3, 3\]\. Nothing was saved"):
+    sampling.run_strategy(eps_apply, jnp.float32(0.1), linear_schedule(100), spec, options, x_T,
+                          labels, key, null_id=10)
+
+
+# Values of every strategy parameter that make_strategy accepts (interval draws its pair together).
+_PARAM_VALUES = {
+    "w": st.floats(-20, 20), "w_pre": st.floats(-20, 20), "w_post": st.floats(-20, 20),
+    "w_min": st.floats(-20, 20), "w_max": st.floats(-20, 20), "s": st.floats(0.01, 20),
+    "tau": st.integers(0, 999), "measure": st.sampled_from(guidance.MEASURES),
+    "min_step": st.integers(2, 60), "peak_fraction": st.floats(0.01, 1.0), "smooth": st.integers(1, 8),
+}
+
+
+@hypothesis.settings(max_examples=100, deadline=None, derandomize=True)
+@hypothesis.given(data=st.data(), name=st.sampled_from(guidance.STRATEGY_NAMES))
+def test_property_guidance_specs_round_trip(data, name):
+  params = {}
+  for key in guidance.strategy_params(name):
+    if key in _PARAM_VALUES and data.draw(st.booleans(), label=f"set {key}"):
+      params[key] = data.draw(_PARAM_VALUES[key], label=key)
+  if name == "interval":
+    lo = data.draw(st.floats(0.0, 5.0), label="sigma_lo")
+    params |= dict(sigma_lo=lo, sigma_hi=lo + data.draw(st.floats(0.01, 5.0), label="width"))
+  text = {k: v if isinstance(v, str) else repr(v) for k, v in params.items()}  # repr: exact floats
+  label = ":".join([name] + [f"{k}={v}" for k, v in text.items()])
+  [spec] = sampling.parse_guidance(label, T=1000)
+  assert spec.label == label and re.fullmatch(r"[A-Za-z0-9_.-]+", spec.slug)
+  for key, value in params.items():
+    if key == "s":
+      assert spec.strategy.w_pre == -value
+    else:
+      assert getattr(spec.strategy, key) == value, (key, value)
+  again = sampling.parse_guidance(label, T=1000, overrides={})  # parsing is a function of the text
+  assert again[0].strategy == spec.strategy
+
+
+@hypothesis.settings(max_examples=300, deadline=None, derandomize=True)
+@hypothesis.given(text=st.text(alphabet="cfgstaiwnopedyml_:=,.-0123456789 ", max_size=30))
+def test_property_any_spec_text_parses_or_is_a_value_error(text):
+  try:
+    specs = sampling.parse_guidance(text, T=1000)
+  except ValueError:
+    return
+  for spec in specs:
+    spec.strategy.validate(1000)
+    assert all(math.isfinite(w) for w in spec.strategy.levels())

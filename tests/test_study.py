@@ -1,3 +1,4 @@
+import glob
 import json
 import os
 
@@ -53,9 +54,15 @@ def test_evaluate_strategy_on_constructed_samples():
   assert row["samples_per_s"] == pytest.approx(2.5)
 
 
-def test_tiny_end_to_end_study(tiny_run, tmp_path):
+@pytest.fixture(scope="module")
+def classifier_cache(tmp_path_factory):
+  """One evaluation-classifier cache for this module: trained once, then loaded."""
+  return str(tmp_path_factory.mktemp("classifier_cache"))
+
+
+def test_tiny_end_to_end_study(tiny_run, tmp_path, classifier_cache):
   out = str(tmp_path / "study")
-  results = study.sample_and_study(tiny_run, outdir=out, classifier_cache=str(tmp_path / "cache"))
+  results = study.sample_and_study(tiny_run, outdir=out, classifier_cache=classifier_cache)
   on_disk = json.load(open(os.path.join(out, "results.json")))
   assert on_disk == json.loads(json.dumps(results))
   assert set(on_disk["strategies"]) == {"none", "cfg", "dynamic"}
@@ -69,3 +76,51 @@ def test_tiny_end_to_end_study(tiny_run, tmp_path):
   assert "| `cfg` |" in report and "| `dynamic` |" in report
   for png in ("cfg_grid.png", "dynamic_dt.png", "dt_eps_memorized_vs_not.png", "dt_x0_memorized_vs_not.png"):
     assert os.path.exists(os.path.join(out, png)), png
+
+
+def test_interrupted_study_reuses_finished_strategies_and_the_cached_classifier(
+    tiny_run, tmp_path, monkeypatch, classifier_cache):
+  from minidiff import classifier as classifier_lib
+  out, cache = str(tmp_path / "study"), classifier_cache  # trained here or by the test above
+  calls, crash = [], ["sampling"]
+
+  def run_strategy(eps_apply, params, schedule, spec, options, x_T, labels, key,  # noqa: N803
+                   *, null_id):
+    """Stands in for the sampler (its cost is not what is tested): crashes on the 2nd strategy."""
+    calls.append(spec.label)
+    if crash[0] == "sampling" and len(calls) == 2:
+      raise RuntimeError("simulated crash while sampling the second strategy")
+    s = len(calls) + 1
+    return _result(np.clip(x_T, -1, 1).astype(np.float32), labels, np.ones((s, len(labels))),
+                   -np.ones(len(labels), np.int32))
+
+  def figures(*args, **kw):
+    raise RuntimeError("simulated crash after the evaluation")
+
+  monkeypatch.setattr(sampling, "run_strategy", run_strategy)
+  loaded = sampling.load_sampling_model(tiny_run)  # once: restoring the checkpoint takes seconds
+  monkeypatch.setattr(sampling, "load_sampling_model", lambda workdir: loaded)
+  with pytest.raises(RuntimeError, match="second strategy"):
+    study.sample_and_study(tiny_run, "none,cfg", outdir=out, classifier_cache=cache)
+  assert calls == ["none", "cfg"]
+  assert os.path.exists(os.path.join(out, "none.npz"))
+  assert not os.path.exists(os.path.join(out, "cfg.npz"))
+
+  calls.clear()
+  crash[0] = "evaluation"
+  with monkeypatch.context() as m:
+    m.setattr(study, "_figures", figures)
+    with pytest.raises(RuntimeError, match="after the evaluation"):
+      study.sample_and_study(tiny_run, "none,cfg", outdir=out, classifier_cache=cache)
+  assert calls == ["cfg"]  # "none" was reused, not sampled again
+  assert not os.path.exists(os.path.join(out, "results.json"))
+  assert len(glob.glob(os.path.join(cache, "classifier", "*", "meta.json"))) == 1  # cached
+
+  calls.clear()
+  monkeypatch.setattr(classifier_lib, "train_convnet",
+                      lambda *a, **k: pytest.fail("the cached classifier was trained again"))
+  results = study.sample_and_study(tiny_run, "none,cfg", outdir=out, classifier_cache=cache)
+  assert calls == []  # both strategies reused
+  assert set(results["strategies"]) == {"none", "cfg"} and "heldout_accuracy" in results["classifier"]
+  assert results["strategies"]["none"]["n_samples"] == 12
+  assert os.path.exists(os.path.join(out, "results.json"))

@@ -1,6 +1,9 @@
 import dataclasses
+import glob
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,6 +96,8 @@ def test_resume_equals_uninterrupted_run(straight_run, tmp_path):
   resumed = trainer.train_and_evaluate(c, str(tmp_path))
   assert resumed.step == 12
   _assert_bitwise_equal(resumed, reference)
+  with open(tmp_path / "metrics.jsonl") as f:  # steps 4–5 were logged, then trained again: once each
+    assert [json.loads(line)["step"] for line in f] == list(range(1, 13))
 
 
 def test_sigkill_then_rerun_resumes_to_the_same_parameters(straight_run, tmp_path):
@@ -137,7 +142,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(straigh
 
   monkeypatch.setattr(trainer, "load_training_data", poisoned)
   c.train.steps = 6
-  with pytest.raises(FloatingPointError, match=r"nan at step 3\. Last good checkpoint: step 3"):
+  with pytest.raises(FloatingPointError, match=r"nan at step 3 \(gradient norm nan\)\. Last good checkpoint: step 3"):
     trainer.train_and_evaluate(c, workdir)
   assert Checkpointer(workdir).all_steps() == [3]
 
@@ -150,3 +155,76 @@ def test_refuses_a_workdir_trained_with_another_config(straight_run):
   with pytest.raises(ValueError, match="train.lr: saved 0.001 → given 0.5"):
     trainer.train_and_evaluate(c, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+# Trains the straight_run config and SIGKILLs itself while checkpoint argv[2] is being written: after
+# Orbax has written the arrays into `<step>.orbax-checkpoint-tmp…/`, before it merges and renames.
+KILL_DURING_SAVE = """
+import os, signal, sys
+from minidiff import runtime
+runtime.configure_cpu()
+import orbax.checkpoint as ocp
+from configs import tiny
+from minidiff import trainer
+
+real_finalize = ocp.handlers.StandardCheckpointHandler.finalize
+
+def finalize(self, directory):  # directory: <checkpoints>/<step>.orbax-checkpoint-tmp…/default
+  if os.path.basename(os.path.dirname(str(directory))).split(".")[0] == sys.argv[2]:
+    os.kill(os.getpid(), signal.SIGKILL)
+  real_finalize(self, directory)
+
+ocp.handlers.StandardCheckpointHandler.finalize = finalize
+c = tiny.get_config()
+c.train.steps, c.train.log_every = 12, 1
+trainer.train_and_evaluate(c, sys.argv[1])
+"""
+
+
+def _damage(checkpoint_dir):
+  """Truncates the checkpoint's array files to half their size (what a full disk leaves)."""
+  for path in glob.glob(os.path.join(checkpoint_dir, "default", "d", "*")):
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+def test_sigkill_during_a_checkpoint_write_and_a_damaged_latest_then_rerun_resumes_bitwise(
+    straight_run, tmp_path, caplog):
+  # Two faults, one (costly) rerun: the run is killed while writing checkpoint 9, and the latest
+  # complete one, 6, is then found damaged. The rerun (to step 6, to keep it short) must resume
+  # from 3 and end bitwise equal to the uninterrupted run at step 6: params, EMA and optimizer.
+  c, straight_workdir, _ = straight_run
+  workdir = str(tmp_path)
+  killed = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, workdir, "9"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  ckpt = Checkpointer(workdir)
+  assert ckpt.all_steps() == [3, 6]
+  [partial] = ckpt.partial_saves()
+  assert os.path.basename(partial).startswith("9.") and glob.glob(f"{partial}/**/*", recursive=True)
+  _damage(os.path.join(ckpt.directory, "6"))
+  c = c.copy_and_resolve_references()
+  c.train.steps = 6
+  with caplog.at_level(logging.INFO, logger="minidiff"):
+    resumed = trainer.train_and_evaluate(c, workdir)  # the rerun, in this process
+  assert "Checkpoint 9 is incomplete" in caplog.text and "Removing" in caplog.text
+  assert "Checkpoint 6" in caplog.text and "cannot be restored" in caplog.text
+  assert "Resumed from checkpoint at step 3" in caplog.text
+  assert os.listdir(os.path.join(workdir, "checkpoints_unreadable")) == ["6"]
+  assert ckpt.all_steps() == [3, 6] and ckpt.partial_saves() == []
+  _, template, _ = trainer.init_state(c)
+  reference = trainer.restore_state(Checkpointer(straight_workdir), template, step=6)
+  _assert_bitwise_equal(resumed, reference)
+  for x, y in zip(*(jax.tree.leaves(s.opt_state) for s in (resumed, reference)), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_all_checkpoints_unreadable_is_an_error_not_a_fresh_start(straight_run, tmp_path):
+  c, straight_workdir, _ = straight_run
+  workdir = str(tmp_path / "w")
+  shutil.copytree(straight_workdir, workdir)
+  for step in (6, 9, 12):
+    _damage(os.path.join(workdir, "checkpoints", str(step)))
+  with pytest.raises(ValueError, match="can be restored into the model.*does not start over"):
+    trainer.train_and_evaluate(c, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "6", "9"]
+  assert not os.path.exists(os.path.join(workdir, "checkpoints_unreadable"))
