@@ -255,7 +255,11 @@ def _validate_sampling(config: ml_collections.ConfigDict) -> None:
   _check(study.get("classifier_epochs", 1) >= 1,
          f"config.study.classifier_epochs={study.get('classifier_epochs')} must be ≥ 1.")
   try:
-    sampling.parse_guidance(study.guidance, T=T)
+    if is_text(config):  # text specs may add a prompt perturbation after "+"
+      from minidiff import text_study
+      text_study.parse_specs(study.guidance, T=T)
+    else:
+      sampling.parse_guidance(study.guidance, T=T)
   except ValueError as e:
     raise ValueError(f"config.study.guidance={study.guidance!r}: {e}") from None
 
