@@ -14,13 +14,13 @@ from minidiff import runtime  # noqa: E402
 runtime.configure_cpu()
 
 import argparse  # noqa: E402
-import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks.bench import _time  # noqa: E402  (median after a warm-up, as in bench.py)
 from configs import mnist_dup  # noqa: E402
 from minidiff import config as config_lib  # noqa: E402
 from minidiff import samplers, trainer  # noqa: E402
@@ -28,15 +28,6 @@ from minidiff.guidance import make_strategy  # noqa: E402
 from minidiff.schedule import make_schedule  # noqa: E402
 
 
-def timeit(fn, repeats: int) -> float:
-  """Median wall time of fn() (which must block) over `repeats` runs after one warm-up."""
-  fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def main() -> None:
@@ -64,14 +55,14 @@ def main() -> None:
 
   fwd = jax.jit(eps_apply)
   x2, t2, c2 = jnp.concatenate([x_T, x_T]), jnp.full((2 * b,), 500), jnp.concatenate([cond, null])
-  t_fwd = timeit(lambda: fwd(params, x2, t2, c2).block_until_ready(), 5 * args.repeats)
+  t_fwd = _time(lambda: fwd(params, x2, t2, c2).block_until_ready(), 5 * args.repeats)
 
   strategy = make_strategy("cfg", w=7.5)
   run = samplers.make_sampler(eps_apply, schedule=schedule, strategy=strategy, num_steps=args.steps)
-  t_scan = timeit(lambda: run(params, x_T, cond, null, key)[0].block_until_ready(), args.repeats)
+  t_scan = _time(lambda: run(params, x_T, cond, null, key)[0].block_until_ready(), args.repeats)
 
   eps_fn = lambda x, t, c: eps_apply(params, x, t, c)  # noqa: E731
-  t_loop = timeit(lambda: samplers.sample_reference(
+  t_loop = _time(lambda: samplers.sample_reference(
       eps_fn, schedule, x_T, cond, null, key, strategy=strategy, num_steps=args.steps)[0]
       .block_until_ready(), args.repeats)
 

@@ -69,7 +69,8 @@ def evaluate_strategy(result: sampling.SampleResult, *, unique_images: np.ndarra
   return row, mem.is_copy
 
 
-def _fmt(v: Any, pct: bool = False) -> str:
+def format_cell(v: Any, pct: bool = False) -> str:
+  """A report table cell: — for None, a percentage, or 3 significant digits."""
   if v is None:
     return "—"
   return f"{100 * v:.1f}%" if pct else (f"{v:.3g}" if isinstance(v, float) else str(v))
@@ -90,7 +91,7 @@ def write_report(results: dict[str, Any], outdir: str, figures: dict[str, str]) 
       f"the de-duplicated set. Class accuracy and Fréchet distance (FD, penultimate features, "
       f"against {results.get('classifier', {}).get('n_reference', '—')} held-out real images) from "
       f"the evaluation classifier (held-out accuracy "
-      f"{_fmt(results.get('classifier', {}).get('heldout_accuracy'), True)}).", "",
+      f"{format_cell(results.get('classifier', {}).get('heldout_accuracy'), True)}).", "",
       "| strategy | memorized | on dup. classes | on other classes | Carlini < 0.5 | sim. p95 | "
       "class acc. | FD | transition t (fired) | AUC d̄_ε copies | samples/s |",
       "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -98,12 +99,12 @@ def write_report(results: dict[str, Any], outdir: str, figures: dict[str, str]) 
     tr = "—" if r["transition_t_mean"] is None else \
         f"{r['transition_t_mean']:.0f} ± {r['transition_t_std']:.0f} ({100 * r['transition_fired']:.0f}%)"
     lines.append(
-        f"| `{name}` | {_fmt(r['memorization_rate'], True)} | "
-        f"{_fmt(r['memorization_rate_duplicated_conditions'], True)} | "
-        f"{_fmt(r['memorization_rate_other_conditions'], True)} | "
-        f"{_fmt(r['carlini_fraction_below'].get('0.5'), True)} | {_fmt(r['similarity_p95'])} | "
-        f"{_fmt(r.get('class_accuracy'), True)} | {_fmt(r.get('frechet_distance'))} | {tr} | "
-        f"{_fmt(r['auc_mean_d_eps_copies'])} | {r['samples_per_s']:.1f} |")
+        f"| `{name}` | {format_cell(r['memorization_rate'], True)} | "
+        f"{format_cell(r['memorization_rate_duplicated_conditions'], True)} | "
+        f"{format_cell(r['memorization_rate_other_conditions'], True)} | "
+        f"{format_cell(r['carlini_fraction_below'].get('0.5'), True)} | {format_cell(r['similarity_p95'])} | "
+        f"{format_cell(r.get('class_accuracy'), True)} | {format_cell(r.get('frechet_distance'))} | {tr} | "
+        f"{format_cell(r['auc_mean_d_eps_copies'])} | {r['samples_per_s']:.1f} |")
   lines += ["", "## Figures", ""]
   for title, path in figures.items():
     lines += [f"### {title}", "", f"![{title}]({os.path.relpath(path, outdir)})", ""]

@@ -30,6 +30,7 @@ from minidiff import config as config_lib
 from minidiff import detection, memorization, perturbation, plots, samplers, sampling
 from minidiff import tokenizer as tokenizer_lib
 from minidiff.duplication import Manifest
+from minidiff.study import format_cell
 
 log = logging.getLogger(__name__)
 RESULTS_VERSION = 1
@@ -214,11 +215,6 @@ def evaluate_spec(result: sampling.SampleResult, *, group: np.ndarray, image: np
   return row, mem.is_copy
 
 
-def _fmt(v: Any, pct: bool = False) -> str:
-  if v is None:
-    return "—"
-  return f"{100 * v:.1f}%" if pct else (f"{v:.3g}" if isinstance(v, float) else str(v))
-
 
 def write_report(results: dict[str, Any], outdir: str, figures: dict[str, str]) -> str:
   """study/report.md: memorized vs non-memorized prompts per spec, and the figures."""
@@ -232,7 +228,7 @@ def write_report(results: dict[str, Any], outdir: str, figures: dict[str, str]) 
       f"with non-memorized prompts = class captions); {o['sampler']}-{o['num_steps']} (η = {o['eta']}).",
       "Copy = ratio test ‖x−NN₁‖/‖x−NN₂‖ < 1/3 against the de-duplicated training set; own = the "
       "copied image is the prompt's own training image; class acc. from the evaluation classifier "
-      f"(held-out accuracy {_fmt(results.get('classifier', {}).get('heldout_accuracy'), True)}); "
+      f"(held-out accuracy {format_cell(results.get('classifier', {}).get('heldout_accuracy'), True)}); "
       "AUC = d_t detection of memorized vs non-memorized prompts (Wen et al.), mean over steps.", "",
       "| spec | memorized: copies | own image | class acc. | non-memorized: copies | class acc. | "
       "AUC d̄_ε | AUC d̄_x̂₀ | AUC d_ε first step | samples/s |",
@@ -240,10 +236,10 @@ def write_report(results: dict[str, Any], outdir: str, figures: dict[str, str]) 
   for name, r in results["strategies"].items():
     m, c = r.get("memorized_prompts", {}), r.get("non_memorized_prompts", {})
     lines.append(
-        f"| `{name}` | {_fmt(m.get('copy_rate'), True)} | {_fmt(m.get('own_image_copy_rate'), True)} | "
-        f"{_fmt(m.get('class_accuracy'), True)} | {_fmt(c.get('copy_rate'), True)} | "
-        f"{_fmt(c.get('class_accuracy'), True)} | {_fmt(r['auc_mean_d_eps_memorized_vs_not'])} | "
-        f"{_fmt(r['auc_mean_d_x0_memorized_vs_not'])} | {_fmt(r['auc_first_d_eps_memorized_vs_not'])} | "
+        f"| `{name}` | {format_cell(m.get('copy_rate'), True)} | {format_cell(m.get('own_image_copy_rate'), True)} | "
+        f"{format_cell(m.get('class_accuracy'), True)} | {format_cell(c.get('copy_rate'), True)} | "
+        f"{format_cell(c.get('class_accuracy'), True)} | {format_cell(r['auc_mean_d_eps_memorized_vs_not'])} | "
+        f"{format_cell(r['auc_mean_d_x0_memorized_vs_not'])} | {format_cell(r['auc_first_d_eps_memorized_vs_not'])} | "
         f"{r['samples_per_s']:.1f} |")
   lines += ["", "## Figures", ""]
   for title, path in figures.items():
