@@ -3,7 +3,7 @@
   python sample.py --workdir runs/mnist_dup --guidance dynamic --num 100 [--classes 3,7]
       [--steps 50 --eta 0 --seed 0] [--set w_post=5] [--guidance cfg,static:tau=600,opposite]
   python sample.py --workdir runs/mnist_text --prompt "a handwritten seven" [--prompts FILE]
-      [--guidance cfg,cfg+random_tokens:k=4]   (text runs; "+perturbation" specs as in minidiff.perturbation)
+      [--guidance cfg,cfg+random_tokens:k=4]   (text runs; "+perturbation" specs as in minidiff.study.perturbation)
 """
 from minidiff import runtime
 
@@ -14,7 +14,7 @@ import logging  # noqa: E402
 from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
-from minidiff import study  # noqa: E402
+from minidiff.study import engine  # noqa: E402
 
 flags.DEFINE_string("workdir", "runs/mnist_dup", "Training workdir (config.json + checkpoints).")
 flags.DEFINE_string("guidance", None, "Comma-separated specs name[:param=value...] (default: the "
@@ -53,7 +53,7 @@ def main(argv):
   del argv
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("minidiff").setLevel(logging.INFO)
-  study.sample_and_study(
+  engine.sample_and_study(
       FLAGS.workdir, FLAGS.guidance, overrides=dict(s.split("=", 1) for s in FLAGS.set),
       num=FLAGS.num, classes=tuple(int(c) for c in FLAGS.classes), num_steps=FLAGS.steps,
       eta=FLAGS.eta, sampler=FLAGS.sampler, spacing=FLAGS.spacing, seed=FLAGS.seed,

@@ -9,7 +9,7 @@ from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from minidiff import trainer  # noqa: E402
+from minidiff.train import trainer  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/mnist_dup.py", "Training config file.", lock_config=True)

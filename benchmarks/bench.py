@@ -79,9 +79,12 @@ def jax_worker(args) -> dict:
   from flax import nnx
 
   from minidiff import config as config_lib
-  from minidiff import precision, samplers, sharding, trainer
-  from minidiff.guidance import make_strategy
-  from minidiff.schedule import make_schedule
+  from minidiff.train import precision
+  from minidiff.core import samplers
+  from minidiff.train import sharding
+  from minidiff.train import trainer
+  from minidiff.core.guidance import make_strategy
+  from minidiff.core.schedule import make_schedule
 
   out = dict(devices=len(jax.devices()), platform=jax.devices()[0].platform,
              xla_flags=os.environ.get("XLA_FLAGS", ""))
@@ -156,7 +159,7 @@ def torch_worker(args) -> dict:
 
   from benchmarks.torch_unet import TorchUNet, count_params
   from minidiff import config as config_lib
-  from minidiff.schedule import make_schedule
+  from minidiff.core.schedule import make_schedule
 
   dev = "cuda" if args.gpu else "cpu"
   c = _config(args.setting)

@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks.bench import _config, _time  # noqa: E402
-from minidiff import trainer, unet  # noqa: E402
+from minidiff.train import trainer  # noqa: E402
+from minidiff.nn import unet  # noqa: E402
 
 
 def step_time(setting: str, steps: int) -> float:

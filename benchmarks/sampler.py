@@ -23,9 +23,10 @@ from flax import nnx  # noqa: E402
 from benchmarks.bench import _time  # noqa: E402  (median after a warm-up, as in bench.py)
 from configs import mnist_dup  # noqa: E402
 from minidiff import config as config_lib  # noqa: E402
-from minidiff import samplers, trainer  # noqa: E402
-from minidiff.guidance import make_strategy  # noqa: E402
-from minidiff.schedule import make_schedule  # noqa: E402
+from minidiff.core import samplers  # noqa: E402
+from minidiff.train import trainer  # noqa: E402
+from minidiff.core.guidance import make_strategy  # noqa: E402
+from minidiff.core.schedule import make_schedule  # noqa: E402
 
 
 

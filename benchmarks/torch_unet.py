@@ -1,6 +1,6 @@
 """The minidiff UNet written in PyTorch, layer for layer, for speed comparisons only (bench extra).
 
-Same blocks, channel counts, attention placement and parameter count as `minidiff.unet.UNet`
+Same blocks, channel counts, attention placement and parameter count as `minidiff.nn.unet.UNet`
 (benchmarks/bench.py checks the count); PyTorch's NCHW layout and eager execution. Not used by
 minidiff itself: PyTorch is never needed to install, run or test it.
 """
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from minidiff.unet import UNetConfig
+from minidiff.nn.unet import UNetConfig
 
 GN_EPS = 1e-6  # flax's GroupNorm epsilon
 

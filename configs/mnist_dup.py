@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.num_heads = 1
   c.model.compute_dtype = "float32"  # "bfloat16" on GPU/TPU: bf16 compute, float32 master weights
 
-  c.parallel = ml_collections.ConfigDict()  # data parallelism (minidiff/sharding.py)
+  c.parallel = ml_collections.ConfigDict()  # data parallelism (minidiff/train/sharding.py)
   c.parallel.num_devices = 0  # 0: a ("data",) mesh over every device; the batch must divide over it
   c.parallel.multi_host = False  # True: jax.distributed.initialize() (one process per host)
   c.parallel.coordinator_address = ""  # "" lets JAX detect the cluster (SLURM, Cloud TPU, MPI)

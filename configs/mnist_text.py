@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # `python sample.py` with no --prompt samples the K unique captions (memorized prompts) and class
   # captions (non-memorized prompts), half each, with every strategy below. "+name:param=v" adds a
-  # prompt perturbation of Somepalli et al. (minidiff.perturbation) to a guidance strategy.
+  # prompt perturbation of Somepalli et al. (minidiff.study.perturbation) to a guidance strategy.
   # (`dynamic` is left out for time: at this scale the authors' rule fires in the first steps and
   # equals CFG, docs/results/README.md; add it with --guidance.)
   c.study.guidance = ("none,conditional,cfg,static:tau=500,opposite:tau=500,"

@@ -7,10 +7,10 @@ import os
 
 import ml_collections
 
-from minidiff import data as data_lib
-from minidiff import samplers
-from minidiff.duplication import DuplicationSpec
-from minidiff.unet import UNetConfig
+from minidiff.data import datasets as data_lib
+from minidiff.core import samplers
+from minidiff.data.duplication import DuplicationSpec
+from minidiff.nn.unet import UNetConfig
 
 # Fields that may change when a run is resumed (they do not change what has been trained so far).
 RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.max_to_keep",
@@ -176,7 +176,7 @@ def _validate_text(config: ml_collections.ConfigDict) -> None:
   """A text scenario needs captions for its dataset and duplicated images to caption uniquely."""
   if not is_text(config):
     return
-  from minidiff import captions  # local: only text configs need it
+  from minidiff.data import captions  # local: only text configs need it
   d = config.data
   captions.dataset_family(d.name)  # raises for a dataset without captions
   _check(d.num_duplicated_per_class > 0 or d.dup_fraction > 0,
@@ -241,7 +241,7 @@ def _validate_duplication(config: ml_collections.ConfigDict) -> None:
 
 def _validate_sampling(config: ml_collections.ConfigDict) -> None:
   """config.sample and config.study, so a typo there fails now and not after training."""
-  from minidiff import sampling  # local: sampling imports this module
+  from minidiff.study import sampling  # local: sampling imports this module
 
   s, T = config.sample, config.diffusion.T  # noqa: N806
   _check(s.sampler in samplers.SAMPLERS,
@@ -256,7 +256,7 @@ def _validate_sampling(config: ml_collections.ConfigDict) -> None:
          f"config.study.classifier_epochs={study.get('classifier_epochs')} must be ≥ 1.")
   try:
     if is_text(config):  # text specs may add a prompt perturbation after "+"
-      from minidiff import text_study
+      from minidiff.study import text_study
       text_study.parse_specs(study.guidance, T=T)
     else:
       sampling.parse_guidance(study.guidance, T=T)

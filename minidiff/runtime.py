@@ -6,7 +6,7 @@ Measured on a 2-core AVX-512 machine (jaxlib 0.10.2) for the 1.1M-parameter UNet
     Eigen ones use every core (4× faster training step at 28×28).
   * glibc returns the step's large temporaries to the OS and page-faults them back on every call;
     keeping them in the heap (mallopt) saves ~15% of a training step.
-  * One simulated device per core (a ("data",) mesh splitting each batch, minidiff/sharding.py)
+  * One simulated device per core (a ("data",) mesh splitting each batch, minidiff/train/sharding.py)
     helps YNNPACK convolutions but adds nothing once Eigen's use both cores: off by default
     (MINIDIFF_CPU_DEVICES=2 turns it on).
 `configure_cpu()` applies what helps; set MINIDIFF_CPU=off to get plain XLA (benchmarks compare).

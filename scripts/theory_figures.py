@@ -4,7 +4,7 @@
 
 Condition 3 = π·atom(the first "3") + (1−π)·Gaussian(the "3"s), condition 7 = Gaussian(the "7"s),
 null = Gaussian(all 5,000 offline MNIST images), 16×16; deterministic DDIM, 50 linspace steps,
-x̂₀ clipped, w_post = 7.5 (see minidiff/basin.py). Prints every number the doc quotes and writes
+x̂₀ clipped, w_post = 7.5 (see minidiff/theory/basin.py). Prints every number the doc quotes and writes
 docs/figures/theory_{d_curves,basin,copy_vs_tau}.png. About 2 minutes on 2 CPU cores.
 """
 from __future__ import annotations
@@ -25,9 +25,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from minidiff import basin, data, plots, samplers  # noqa: E402
-from minidiff.basin import Arm, cfg  # noqa: E402
-from minidiff.schedule import linear_schedule  # noqa: E402
+from minidiff.theory import basin  # noqa: E402
+from minidiff.data import datasets as data  # noqa: E402
+from minidiff.study import plots  # noqa: E402
+from minidiff.core import samplers  # noqa: E402
+from minidiff.theory.basin import Arm, cfg  # noqa: E402
+from minidiff.core.schedule import linear_schedule  # noqa: E402
 
 S, MEM, CTRL = 50, 3, 7
 SCHEDULE = linear_schedule(1000)

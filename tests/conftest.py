@@ -29,7 +29,7 @@ def tiny_config():
 def tiny_run(tmp_path_factory):
   """A workdir with a 6-step tiny training run (shared by the sampling and study tests)."""
   from configs import tiny
-  from minidiff import trainer
+  from minidiff.train import trainer
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
   trainer.train_and_evaluate(tiny.get_config(), workdir)
   return workdir
@@ -40,7 +40,7 @@ def tiny_text_run(tmp_path_factory):
   """A workdir with the tiny text model trained to copy its one captioned image (the only text
   training in the suite; shared by the text tests)."""
   from configs import tiny_text
-  from minidiff import trainer
+  from minidiff.train import trainer
   workdir = str(tmp_path_factory.mktemp("tiny_text_run"))
   trainer.train_and_evaluate(tiny_text.get_config(), workdir)
   return workdir

@@ -12,9 +12,13 @@ import jax
 import numpy as np
 import pytest
 
-from minidiff import basin, data, guidance, ideal, samplers
-from minidiff.basin import Arm, cfg
-from minidiff.schedule import linear_schedule
+from minidiff.theory import basin
+from minidiff.data import datasets as data
+from minidiff.core import guidance
+from minidiff.theory import ideal
+from minidiff.core import samplers
+from minidiff.theory.basin import Arm, cfg
+from minidiff.core.schedule import linear_schedule
 
 R, N, S = 16, 64, 50
 PI = 0.7  # the atom's weight in condition 3

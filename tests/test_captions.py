@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from minidiff import captions, data, tokenizer
-from minidiff.duplication import DuplicationSpec, Manifest, build_duplicated_subset
+from minidiff.data import captions
+from minidiff.data import datasets as data
+from minidiff.data import tokenizer
+from minidiff.data.duplication import DuplicationSpec, Manifest, build_duplicated_subset
 
 
 def test_class_captions_per_dataset():

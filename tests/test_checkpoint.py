@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from minidiff.checkpoint import Checkpointer, abstract_like
+from minidiff.train.checkpoint import Checkpointer, abstract_like
 
 
 def _state(v):

@@ -1,4 +1,4 @@
-"""Tests for minidiff.classifier: accuracy, the cache round trip, features, determinism."""
+"""Tests for minidiff.metrics.classifier: accuracy, the cache round trip, features, determinism."""
 import dataclasses
 import logging
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff import classifier as clf_lib
+from minidiff.metrics import classifier as clf_lib
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_cache_round_trip_does_not_train(trained, cache_dir, monkeypatch, caplog
     raise AssertionError("train_convnet was called although the classifier is cached")
 
   monkeypatch.setattr(clf_lib, "train_convnet", fail)
-  with caplog.at_level(logging.INFO, logger="minidiff.classifier"):
+  with caplog.at_level(logging.INFO, logger="minidiff.metrics.classifier"):
     loaded = clf_lib.load_or_train_classifier(resolution=16, cache_dir=cache_dir, seed=0)
   assert loaded.loaded_from_cache and "Loaded classifier" in caplog.text
   assert loaded.heldout_accuracy == trained.heldout_accuracy

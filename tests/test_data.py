@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from minidiff import data
+from minidiff.data import datasets as data
 
 
 def test_offline_mnist_is_the_real_subset():

@@ -1,8 +1,8 @@
-"""Tests for minidiff.detection: exact ROC AUC with ties counted half."""
+"""Tests for minidiff.metrics.detection: exact ROC AUC with ties counted half."""
 import numpy as np
 import pytest
 
-from minidiff import detection
+from minidiff.metrics import detection
 
 
 def _pair_count_auc(scores, labels):

@@ -5,8 +5,8 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 
-from minidiff.data import Dataset
-from minidiff.duplication import DuplicationSpec, Manifest, build_duplicated_subset
+from minidiff.data.datasets import Dataset
+from minidiff.data.duplication import DuplicationSpec, Manifest, build_duplicated_subset
 
 
 @pytest.fixture(scope="module")

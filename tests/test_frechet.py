@@ -1,8 +1,8 @@
-"""Tests for minidiff.frechet: zero on identical sets, monotone in noise, Gaussian closed forms."""
+"""Tests for minidiff.metrics.frechet: zero on identical sets, monotone in noise, Gaussian closed forms."""
 import numpy as np
 import pytest
 
-from minidiff import frechet
+from minidiff.metrics import frechet
 
 
 def test_identical_sets_give_zero():

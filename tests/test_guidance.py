@@ -1,4 +1,4 @@
-"""Tests for minidiff.guidance: the guided prediction, branch batching and every strategy's w."""
+"""Tests for minidiff.core.guidance: the guided prediction, branch batching and every strategy's w."""
 from __future__ import annotations
 
 import math
@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minidiff import guidance, samplers
-from minidiff.schedule import linear_schedule
+from minidiff.core import guidance
+from minidiff.core import samplers
+from minidiff.core.schedule import linear_schedule
 
 SCHEDULE = linear_schedule(1000)
 

@@ -1,4 +1,4 @@
-"""Tests for minidiff.ideal against float64 numpy brute force and Gaussian closed forms."""
+"""Tests for minidiff.theory.ideal against float64 numpy brute force and Gaussian closed forms."""
 from __future__ import annotations
 
 import jax
@@ -6,8 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minidiff import guidance, ideal, samplers
-from minidiff.schedule import linear_schedule
+from minidiff.core import guidance
+from minidiff.theory import ideal
+from minidiff.core import samplers
+from minidiff.core.schedule import linear_schedule
 
 SCHEDULE = linear_schedule(1000)
 AB = np.asarray(SCHEDULE.alpha_bar, np.float64)  # ᾱ_t exactly as the denoisers read it

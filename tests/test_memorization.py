@@ -1,10 +1,10 @@
-"""Tests for minidiff.memorization: exact NN search, the ratio test, Carlini's distance, copy counts."""
+"""Tests for minidiff.metrics.memorization: exact NN search, the ratio test, Carlini's distance, copy counts."""
 import json
 
 import numpy as np
 import pytest
 
-from minidiff import memorization as mem
+from minidiff.metrics import memorization as mem
 
 
 def _random_images(n, seed, shape=(8, 8, 1)):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff import perturbation
-from minidiff.text_encoder import TextEncoder
-from minidiff.tokenizer import Tokenizer, words
+from minidiff.study import perturbation
+from minidiff.nn.text_encoder import TextEncoder
+from minidiff.data.tokenizer import Tokenizer, words
 
 PROMPTS = ["a quiet lantern beside the amber river", "a handwritten seven", ""]
 VOCAB = ("amber", "digit", "falcon", "handwritten", "seven")

@@ -3,7 +3,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from minidiff import precision
+from minidiff.train import precision
 
 
 def test_cast_floating_leaves_integers_alone():

@@ -1,4 +1,4 @@
-"""Tests for minidiff.samplers against closed forms: ε oracles, Gaussian data, posteriors."""
+"""Tests for minidiff.core.samplers against closed forms: ε oracles, Gaussian data, posteriors."""
 from __future__ import annotations
 
 import jax
@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minidiff import guidance, samplers
-from minidiff.schedule import linear_schedule
+from minidiff.core import guidance
+from minidiff.core import samplers
+from minidiff.core.schedule import linear_schedule
 
 SCHEDULE = linear_schedule(1000)
 AB = np.asarray(SCHEDULE.alpha_bar, np.float64)  # ᾱ_t as the sampler sees it

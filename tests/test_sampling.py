@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minidiff import guidance, sampling
-from minidiff.study import sample_and_study
+from minidiff.core import guidance
+from minidiff.study import sampling
+from minidiff.study.engine import sample_and_study
 
 
 def test_parse_guidance_specs_and_overrides():
@@ -128,7 +129,7 @@ def test_strategy_names_are_all_accepted():
 
 
 def test_nan_samples_are_named_with_their_strategy_indices_and_classes():
-  from minidiff.schedule import linear_schedule
+  from minidiff.core.schedule import linear_schedule
 
   def eps_apply(params, x_t, t, cond):  # finite, except for the class-3 condition: NaN
     return jnp.where((cond == 3)[:, None, None, None], jnp.nan, params * x_t)

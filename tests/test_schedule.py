@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minidiff.schedule import cosine_schedule, linear_schedule, make_schedule
+from minidiff.core.schedule import cosine_schedule, linear_schedule, make_schedule
 
 
 def test_linear_alpha_bar_closed_form():

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from jax.sharding import PartitionSpec  # noqa: E402
 
-from minidiff import sharding  # noqa: E402
+from minidiff.train import sharding  # noqa: E402
 # Float32 sums over 8 shards are reduced in another order than over 1: after 3 AdamW steps at lr 1e-3
 # parameters agree to ~1e-6 (measured); 1e-5 is the stated tolerance.
 TRAIN_ATOL = 1e-5
@@ -61,7 +61,7 @@ def _tiny_3_steps(num_devices: int):
 def runs(tmp_path_factory):
   """(8-device results from the subprocess, the same 3 steps trained here on 1 device)."""
   import jax
-  from minidiff import trainer
+  from minidiff.train import trainer
   out = tmp_path_factory.mktemp("eight")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), str(out)], env=env, cwd=ROOT,
@@ -91,7 +91,7 @@ def test_checkpoint_saved_on_8_devices_restores_on_1(runs):
 
 
 def test_sampling_on_8_devices_equals_1_device(runs):
-  from minidiff import sampling
+  from minidiff.study import sampling
   eight, arrays, _, _ = runs
   config, eps_apply, params, schedule, null_id, _ = sampling.load_sampling_model(eight["workdir"])
   options, x_T, labels, key, spec = _sampling_inputs(config)  # noqa: N806
@@ -108,7 +108,7 @@ def _flat(prefix, tree) -> dict:
 
 
 def _sampling_inputs(config):
-  from minidiff import sampling
+  from minidiff.study import sampling
   options = sampling.options_from_config(config, num=8, classes=(0, 1), batch=8)
   x_T, labels, key = sampling.shared_inputs(options, shape=(8, 8, 1), num_classes=10)  # noqa: N806
   return options, x_T, labels, key, sampling.parse_guidance("cfg", T=config.diffusion.T)[0]
@@ -119,7 +119,8 @@ def _eight_device_run(outdir: str) -> dict:
   import jax
   from flax import nnx
 
-  from minidiff import sampling, trainer
+  from minidiff.study import sampling
+  from minidiff.train import trainer
 
   assert len(jax.devices()) == 8, jax.devices()
   workdir = os.path.join(outdir, "dev8")

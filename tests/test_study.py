@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from minidiff import sampling, study
+from minidiff.study import sampling
+from minidiff.study import engine
 
 RESULT_KEYS = {
     "n_samples", "memorization_rate", "memorization_rate_duplicated_conditions",
@@ -37,7 +38,7 @@ def test_evaluate_strategy_on_constructed_samples():
   labels = np.array([0, 1, 2, 0, 2])
   d = np.array([[1.0, 1.0, 0.1, 0.1, 0.1], [2.0, 2.0, 0.1, 0.1, 0.1]])
   res = _result(samples, labels, d, np.array([1, -1, -1, 0, -1]))
-  row, is_copy = study.evaluate_strategy(res, unique_images=unique, is_duplicated=is_dup,
+  row, is_copy = engine.evaluate_strategy(res, unique_images=unique, is_duplicated=is_dup,
                                          duplicated_classes=np.unique(label_of[is_dup]), classifier=None)
   np.testing.assert_array_equal(is_copy, [True, True, True, False, False])
   assert row["memorization_rate"] == pytest.approx(3 / 5)
@@ -62,7 +63,7 @@ def classifier_cache(tmp_path_factory):
 
 def test_tiny_end_to_end_study(tiny_run, tmp_path, classifier_cache):
   out = str(tmp_path / "study")
-  results = study.sample_and_study(tiny_run, outdir=out, classifier_cache=classifier_cache)
+  results = engine.sample_and_study(tiny_run, outdir=out, classifier_cache=classifier_cache)
   on_disk = json.load(open(os.path.join(out, "results.json")))
   assert on_disk == json.loads(json.dumps(results))
   assert set(on_disk["strategies"]) == {"none", "cfg", "dynamic"}
@@ -80,7 +81,7 @@ def test_tiny_end_to_end_study(tiny_run, tmp_path, classifier_cache):
 
 def test_interrupted_study_reuses_finished_strategies_and_the_cached_classifier(
     tiny_run, tmp_path, monkeypatch, classifier_cache):
-  from minidiff import classifier as classifier_lib
+  from minidiff.metrics import classifier as classifier_lib
   out, cache = str(tmp_path / "study"), classifier_cache  # trained here or by the test above
   calls, crash = [], ["sampling"]
 
@@ -101,7 +102,7 @@ def test_interrupted_study_reuses_finished_strategies_and_the_cached_classifier(
   loaded = sampling.load_sampling_model(tiny_run)  # once: restoring the checkpoint takes seconds
   monkeypatch.setattr(sampling, "load_sampling_model", lambda workdir: loaded)
   with pytest.raises(RuntimeError, match="second strategy"):
-    study.sample_and_study(tiny_run, "none,cfg", outdir=out, classifier_cache=cache)
+    engine.sample_and_study(tiny_run, "none,cfg", outdir=out, classifier_cache=cache)
   assert calls == ["none", "cfg"]
   assert os.path.exists(os.path.join(out, "none.npz"))
   assert not os.path.exists(os.path.join(out, "cfg.npz"))
@@ -109,9 +110,9 @@ def test_interrupted_study_reuses_finished_strategies_and_the_cached_classifier(
   calls.clear()
   crash[0] = "evaluation"
   with monkeypatch.context() as m:
-    m.setattr(study, "_figures", figures)
+    m.setattr(engine, "_figures", figures)
     with pytest.raises(RuntimeError, match="after the evaluation"):
-      study.sample_and_study(tiny_run, "none,cfg", outdir=out, classifier_cache=cache)
+      engine.sample_and_study(tiny_run, "none,cfg", outdir=out, classifier_cache=cache)
   assert calls == ["cfg"]  # "none" was reused, not sampled again
   assert not os.path.exists(os.path.join(out, "results.json"))
   assert len(glob.glob(os.path.join(cache, "classifier", "*", "meta.json"))) == 1  # cached
@@ -119,7 +120,7 @@ def test_interrupted_study_reuses_finished_strategies_and_the_cached_classifier(
   calls.clear()
   monkeypatch.setattr(classifier_lib, "train_convnet",
                       lambda *a, **k: pytest.fail("the cached classifier was trained again"))
-  results = study.sample_and_study(tiny_run, "none,cfg", outdir=out, classifier_cache=cache)
+  results = engine.sample_and_study(tiny_run, "none,cfg", outdir=out, classifier_cache=cache)
   assert calls == []  # both strategies reused
   assert set(results["strategies"]) == {"none", "cfg"} and "heldout_accuracy" in results["classifier"]
   assert results["strategies"]["none"]["n_samples"] == 12

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff.text_encoder import TextEncoder
-from minidiff.tokenizer import NULL_ID, PAD_ID
-from minidiff.unet import CrossAttentionBlock, UNet, UNetConfig
+from minidiff.nn.text_encoder import TextEncoder
+from minidiff.data.tokenizer import NULL_ID, PAD_ID
+from minidiff.nn.unet import CrossAttentionBlock, UNet, UNetConfig
 
 TEXT = UNetConfig(resolution=8, base_channels=8, channel_mults=(1, 2), attention_resolutions=(4,),
                   num_groups=4, conditioning="text", vocab_size=20, max_tokens=8, text_dim=16,

@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 
 from minidiff import config as config_lib
-from minidiff import memorization, study, text_study, trainer
-from minidiff.duplication import Manifest
-from minidiff.tokenizer import FILENAME, Tokenizer
+from minidiff.metrics import memorization
+from minidiff.study import engine
+from minidiff.study import text_study
+from minidiff.train import trainer
+from minidiff.data.duplication import Manifest
+from minidiff.data.tokenizer import FILENAME, Tokenizer
 
 GROUP_KEYS = {"n", "copy_rate", "own_image_copy_rate", "duplicated_image_copy_rate",
               "carlini_fraction_below_0_5", "class_accuracy"}
@@ -24,7 +27,7 @@ def test_tiny_text_model_overfits_its_caption_and_copies_the_image_under_cfg(tin
   assert tok.decode(tok.encode(caption)) == caption
   out = str(tmp_path / "samples")
   # The same 8 initial noises with the caption and with a class caption ("a handwritten zero").
-  study.sample_and_study(tiny_text_run, "cfg:w=3", prompts=[caption] * 8 + ["a handwritten zero"] * 8,
+  engine.sample_and_study(tiny_text_run, "cfg:w=3", prompts=[caption] * 8 + ["a handwritten zero"] * 8,
                          num=16, outdir=out, batch=8)
   samples = np.load(os.path.join(out, "cfg_w3.npz"))["samples"]
   subset = trainer.load_training_data(config_lib.load_workdir_config(tiny_text_run))
@@ -36,7 +39,7 @@ def test_tiny_text_model_overfits_its_caption_and_copies_the_image_under_cfg(tin
 
 def test_text_study_schema_has_memorized_and_non_memorized_rows(tiny_text_run, tmp_path):
   out = str(tmp_path / "study")
-  results = study.sample_and_study(tiny_text_run, outdir=out, batch=8,
+  results = engine.sample_and_study(tiny_text_run, outdir=out, batch=8,
                                    classifier_cache=str(tmp_path / "cache"))
   on_disk = json.load(open(os.path.join(out, "results.json")))
   assert on_disk == json.loads(json.dumps(results)) and on_disk["kind"] == "text"
@@ -63,7 +66,7 @@ def test_text_study_schema_has_memorized_and_non_memorized_rows(tiny_text_run, t
 ])
 def test_bad_text_sampling_inputs_fail_before_compiling(tiny_text_run, kw, match):
   with pytest.raises(ValueError, match=match):
-    study.sample_and_study(tiny_text_run, kw.pop("guidance_specs", "cfg"), num=2, **kw)
+    engine.sample_and_study(tiny_text_run, kw.pop("guidance_specs", "cfg"), num=2, **kw)
 
 
 def test_default_prompts_split_memorized_and_class_captions(tiny_text_run):

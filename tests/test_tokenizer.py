@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from minidiff import tokenizer as tokenizer_lib
-from minidiff.tokenizer import NULL_ID, PAD_ID, UNK_ID, Tokenizer
+from minidiff.data import tokenizer as tokenizer_lib
+from minidiff.data.tokenizer import NULL_ID, PAD_ID, UNK_ID, Tokenizer
 
 
 @pytest.fixture

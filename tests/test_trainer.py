@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff import trainer
-from minidiff.checkpoint import Checkpointer
-from minidiff.schedule import linear_schedule
+from minidiff.train import trainer
+from minidiff.train.checkpoint import Checkpointer
+from minidiff.core.schedule import linear_schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,7 +168,7 @@ from minidiff import runtime
 runtime.configure_cpu()
 import orbax.checkpoint as ocp
 from configs import tiny
-from minidiff import trainer
+from minidiff.train import trainer
 
 real_finalize = ocp.handlers.StandardCheckpointHandler.finalize
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff.unet import UNet, UNetConfig, count_params, timestep_embedding
+from minidiff.nn.unet import UNet, UNetConfig, count_params, timestep_embedding
 
 
 def _randomise_zero_layers(model: UNet) -> None:
@@ -108,7 +108,7 @@ def test_config_validation(kwargs, match):
 
 def test_broadcast_upsample_equals_image_resize_forward_and_backward():
   """The fast upsampling path (broadcast) is the plain one (jax.image.resize nearest), gradients too."""
-  from minidiff.unet import upsample_nearest
+  from minidiff.nn.unet import upsample_nearest
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 5, 4)), jnp.float32)
   g = jnp.asarray(np.random.default_rng(1).standard_normal((2, 6, 10, 4)), jnp.float32)
   plain = lambda a: jax.image.resize(a, (2, 6, 10, 4), "nearest")  # noqa: E731

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from minidiff.schedule import NoiseSchedule
+from minidiff.core.schedule import NoiseSchedule
 
 _HI = jax.lax.Precision.HIGHEST
 

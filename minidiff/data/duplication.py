@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from minidiff.data import Dataset
+from minidiff.data.datasets import Dataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Manifest:
   is_duplicated: np.ndarray  # [N_unique] bool
   copies: np.ndarray  # [N_unique] how many times the image occurs in the training set
   source_name: str
-  captions: tuple[str, ...] | None = None  # [N_unique] text captions (minidiff.captions), if any
+  captions: tuple[str, ...] | None = None  # [N_unique] text captions (minidiff.data.captions), if any
 
   @property
   def duplicated_ids(self) -> np.ndarray:

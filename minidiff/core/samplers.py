@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from minidiff import guidance
-from minidiff.guidance import Strategy
-from minidiff.schedule import NoiseSchedule
+from minidiff.core import guidance
+from minidiff.core.guidance import Strategy
+from minidiff.core.schedule import NoiseSchedule
 
 PyTree = Any
 EpsFn = guidance.EpsFn

@@ -25,16 +25,16 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from minidiff import captions as captions_lib
+from minidiff.data import captions as captions_lib
 from minidiff import config as config_lib
-from minidiff import data as data_lib
-from minidiff import precision
-from minidiff import sharding
-from minidiff import tokenizer as tokenizer_lib
-from minidiff.checkpoint import Checkpointer, abstract_like
-from minidiff.duplication import DuplicatedSubset, build_duplicated_subset
-from minidiff.schedule import NoiseSchedule, make_schedule
-from minidiff.unet import UNet, count_params
+from minidiff.data import datasets as data_lib
+from minidiff.train import precision
+from minidiff.train import sharding
+from minidiff.data import tokenizer as tokenizer_lib
+from minidiff.train.checkpoint import Checkpointer, abstract_like
+from minidiff.data.duplication import DuplicatedSubset, build_duplicated_subset
+from minidiff.core.schedule import NoiseSchedule, make_schedule
+from minidiff.nn.unet import UNet, count_params
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
   params, opt_state and ema are donated: the step updates them in place. The same function runs
   on one device or data-parallel: place the state replicated and x0/labels batch-sharded (see
-  `minidiff.sharding`) and XLA partitions the step, inserting the gradient all-reduce; with `mesh`
+  `minidiff.train.sharding`) and XLA partitions the step, inserting the gradient all-reduce; with `mesh`
   the outputs are pinned replicated, so the next call sees the same shardings (no recompile). With a
   bf16 `compute_dtype` the forward and backward run in bf16 on float32 master parameters.
   """

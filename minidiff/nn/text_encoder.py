@@ -2,7 +2,7 @@
 
 Token ids [B, L] → token features [B, L, D], the key-padding mask [B, L] (True = a real token) and a
 pooled vector [B, D] (masked mean of the features). Every caption starts with the `<null>` token
-(minidiff.tokenizer), so each row has at least one valid key and masked attention is well defined.
+(minidiff.data.tokenizer), so each row has at least one valid key and masked attention is well defined.
 Padding changes nothing: pad positions are never attended to and never pooled, so a caption gives the
 same features for its real tokens whatever the padded length.
 """
@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from minidiff.tokenizer import PAD_ID
-from minidiff.unet import embed_normal_host, lecun_normal_host
+from minidiff.data.tokenizer import PAD_ID
+from minidiff.nn.unet import embed_normal_host, lecun_normal_host
 
 
 def _linear(d_in: int, d_out: int, *, rngs: nnx.Rngs, zero: bool = False) -> nnx.Linear:

@@ -27,8 +27,8 @@ import optax
 from flax import nnx
 from flax import serialization
 
-from minidiff import data as data_lib
-from minidiff import frechet
+from minidiff.data import datasets as data_lib
+from minidiff.metrics import frechet
 
 logger = logging.getLogger(__name__)
 

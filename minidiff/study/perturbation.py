@@ -21,7 +21,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from minidiff import tokenizer as tokenizer_lib
+from minidiff.data import tokenizer as tokenizer_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,8 +5,8 @@ Conditioning enters in two places, so a text path can be added without a rewrite
   * an optional `context` of token embeddings (None for the class model) that the
     `CrossAttentionBlock`s at `cross_attention_resolutions` attend to.
 `conditioning = "class"`: the class embedding has `num_classes + 1` rows; id `num_classes` is the
-null condition for CFG. `conditioning = "text"`: token ids [B, L] (minidiff.tokenizer) go through a
-transformer text encoder (minidiff.text_encoder) trained jointly; its pooled vector joins `emb` and
+null condition for CFG. `conditioning = "text"`: token ids [B, L] (minidiff.data.tokenizer) go through a
+transformer text encoder (minidiff.nn.text_encoder) trained jointly; its pooled vector joins `emb` and
 its token features are the cross-attention context, padding masked. The null condition is the
 empty caption.
 """
@@ -201,7 +201,7 @@ class CrossAttentionBlock(nnx.Module):
     self.num_heads = num_heads
 
   def __call__(self, x: jax.Array, context: tuple[jax.Array, jax.Array]) -> jax.Array:
-    from minidiff.text_encoder import masked_attention
+    from minidiff.nn.text_encoder import masked_attention
     features, mask = context
     b, hgt, wid, c = x.shape
     q = self.q(self.norm(x)).reshape(b, hgt * wid, c)
@@ -250,11 +250,11 @@ class TextConditioner(nnx.Module):
   """Token ids → (pooled text vector projected to emb_dim, (token features, padding mask)).
 
   `cond` is token ids [B, L], or a dict with "tokens" [B, L] and "noise" [B, L, text_dim], the
-  Gaussian text-embedding perturbation added to the encoder's output (minidiff.perturbation).
+  Gaussian text-embedding perturbation added to the encoder's output (minidiff.study.perturbation).
   """
 
   def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
-    from minidiff.text_encoder import TextEncoder  # text_encoder builds on this module's layers
+    from minidiff.nn.text_encoder import TextEncoder  # text_encoder builds on this module's layers
     self.encoder = TextEncoder(config.vocab_size, config.max_tokens, config.text_dim,
                                num_layers=config.text_layers, num_heads=config.text_heads, rngs=rngs)
     self.proj = _linear(config.text_dim, config.emb_dim, rngs=rngs)

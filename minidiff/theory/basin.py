@@ -20,8 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from minidiff import guidance, ideal, samplers
-from minidiff.schedule import NoiseSchedule
+from minidiff.core import guidance
+from minidiff.theory import ideal
+from minidiff.core import samplers
+from minidiff.core.schedule import NoiseSchedule
 
 STATIC, RULE_EPS, RULE_X0 = 0, 1, 2  # values of Switch.rule: how a sample's switch is decided
 RULES = {"static": STATIC, "eps": RULE_EPS, "x0": RULE_X0}

@@ -3,7 +3,7 @@
 The guided prediction is ε̂ = ε_u + w·(ε_c − ε_u), with ε_c / ε_u the model's noise predictions
 under the condition and under the null condition at the same x_t and t. A strategy is a small frozen
 dataclass that chooses w per sampling step k *and per sample*; every strategy works with every
-sampler in `minidiff.samplers`.
+sampler in `minidiff.core.samplers`.
 
 A strategy's protocol (all the sampler calls):
   - `needs_cond` / `needs_uncond`: which branches the model must evaluate (a skipped branch costs
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from minidiff.schedule import NoiseSchedule
+from minidiff.core.schedule import NoiseSchedule
 
 PyTree = Any
 EpsFn = Callable[[jax.Array, jax.Array, PyTree], jax.Array]

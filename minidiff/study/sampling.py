@@ -22,9 +22,13 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from minidiff import config as config_lib
-from minidiff import guidance, plots, precision, samplers, sharding
-from minidiff.checkpoint import Checkpointer
-from minidiff.schedule import make_schedule
+from minidiff.core import guidance
+from minidiff.study import plots
+from minidiff.train import precision
+from minidiff.core import samplers
+from minidiff.train import sharding
+from minidiff.train.checkpoint import Checkpointer
+from minidiff.core.schedule import make_schedule
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +256,7 @@ def load_sampling_model(workdir: str):
 
   Fails with a clear error, before anything is compiled, when there is no checkpoint.
   """
-  from minidiff import trainer  # local: trainer pulls in the training stack
+  from minidiff.train import trainer  # local: trainer pulls in the training stack
 
   config = config_lib.load_workdir_config(workdir)
   config_lib.validate_config(config)

@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from minidiff.duplication import DuplicatedSubset
+from minidiff.data.duplication import DuplicatedSubset
 
 CLASS_NAMES = {
     "mnist": ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
@@ -111,7 +111,7 @@ def tokenize_training_set(subset: DuplicatedSubset, *, max_len: int, vocab_size:
 
   Raises ValueError when the vocabulary outgrows the model's token embedding (`vocab_size`).
   """
-  from minidiff.tokenizer import Tokenizer
+  from minidiff.data.tokenizer import Tokenizer
   captions = subset.manifest.captions
   if captions is None:
     raise ValueError("The training subset has no captions: build it with captions.caption_subset.")

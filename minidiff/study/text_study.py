@@ -1,7 +1,7 @@
 """Sampling a text-conditioned run from prompts, and the memorized-vs-non-memorized prompt study.
 
-A spec is a guidance strategy (minidiff.guidance), optionally with a prompt perturbation of
-Somepalli et al. (minidiff.perturbation) after a "+": `cfg`, `static:tau=500`,
+A spec is a guidance strategy (minidiff.core.guidance), optionally with a prompt perturbation of
+Somepalli et al. (minidiff.study.perturbation) after a "+": `cfg`, `static:tau=500`,
 `cfg+embedding_noise:lam=0.1`, `cfg+random_tokens:k=4`. Every spec samples the same initial noises,
 prompts and sampler keys. Without explicit prompts the study samples, half each, the unique
 captions of the duplicated training images (memorized prompts, Wen et al. 2024) and class captions
@@ -24,13 +24,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minidiff import captions as captions_lib
-from minidiff import classifier as classifier_lib
+from minidiff.data import captions as captions_lib
+from minidiff.metrics import classifier as classifier_lib
 from minidiff import config as config_lib
-from minidiff import detection, memorization, perturbation, plots, samplers, sampling
-from minidiff import tokenizer as tokenizer_lib
-from minidiff.duplication import Manifest
-from minidiff.study import format_cell
+from minidiff.metrics import detection
+from minidiff.metrics import memorization
+from minidiff.study import perturbation
+from minidiff.study import plots
+from minidiff.core import samplers
+from minidiff.study import sampling
+from minidiff.data import tokenizer as tokenizer_lib
+from minidiff.data.duplication import Manifest
+from minidiff.study.engine import format_cell
 
 log = logging.getLogger(__name__)
 RESULTS_VERSION = 1
@@ -59,7 +64,7 @@ def parse_specs(specs: str | Sequence[str], *, T: int, overrides: dict[str, str]
   """Parses comma-separated `guidance[+perturbation]` specs (ValueError before any compile)."""
   items = [s.strip() for s in (specs.split(",") if isinstance(specs, str) else specs) if s.strip()]
   if not items:
-    raise ValueError("No guidance strategy given; choose from the names in minidiff.guidance.")
+    raise ValueError("No guidance strategy given; choose from the names in minidiff.core.guidance.")
   parts = [item.split("+", 1) for item in items]
   bases = list(dict.fromkeys(p[0].strip() for p in parts))  # each guidance spec parsed once
   by_base = {g.label: g for g in sampling.parse_guidance(bases, T=T, overrides=overrides)}
@@ -322,7 +327,7 @@ def sample_and_study(workdir: str, guidance_specs: str | Sequence[str] | None = 
 
 
 def _study(config, outdir, specs, results, summary, prompts, manifest, classifier_cache, t_start) -> dict:
-  from minidiff import trainer  # local: the training stack is only needed to rebuild the data
+  from minidiff.train import trainer  # local: the training stack is only needed to rebuild the data
 
   subset = trainer.load_training_data(config)
   manifest = subset.manifest

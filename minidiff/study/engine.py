@@ -15,9 +15,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from minidiff import classifier as classifier_lib
+from minidiff.metrics import classifier as classifier_lib
 from minidiff import config as config_lib
-from minidiff import detection, memorization, plots, sampling
+from minidiff.metrics import detection
+from minidiff.metrics import memorization
+from minidiff.study import plots
+from minidiff.study import sampling
 
 log = logging.getLogger(__name__)
 RESULTS_VERSION = 1
@@ -127,13 +130,13 @@ def sample_and_study(workdir: str, guidance_specs: str | Sequence[str] | None = 
 
   Defaults for the specs and the sample count come from config.study. All inputs are validated
   before anything is compiled. Returns results (the study's results.json content when studying).
-  A text-conditioned run samples `prompts` instead of classes (minidiff.text_study).
+  A text-conditioned run samples `prompts` instead of classes (minidiff.study.text_study).
   """
   config = config_lib.load_workdir_config(workdir)
   if config_lib.is_text(config):
     if classes:
       raise ValueError("This run is text-conditioned: give --prompt / --prompts instead of --classes.")
-    from minidiff import text_study  # local: only text runs need it
+    from minidiff.study import text_study  # local: only text runs need it
     return text_study.sample_and_study(
         workdir, guidance_specs, prompts=prompts, overrides=overrides, num=num, num_steps=num_steps,
         eta=eta, sampler=sampler, spacing=spacing, seed=seed, batch=batch, study=study, outdir=outdir,
@@ -182,7 +185,7 @@ def sample_and_study(workdir: str, guidance_specs: str | Sequence[str] | None = 
 
 
 def _study(config, workdir, outdir, specs, results, summary, labels, classifier_cache, t_start) -> dict:
-  from minidiff import trainer  # local: the training stack is only needed to rebuild the data
+  from minidiff.train import trainer  # local: the training stack is only needed to rebuild the data
 
   subset = trainer.load_training_data(config)
   manifest = subset.manifest

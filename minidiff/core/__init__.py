@@ -1,0 +1,1 @@
+"""Diffusion core: noise schedules, guidance strategies, samplers and spec parsing (imports nothing else of minidiff)."""

@@ -1,0 +1,1 @@
+"""Training data: datasets, duplicated subsets, captions and the tokenizer."""

@@ -1,0 +1,1 @@
+"""Evaluation metrics: memorization, Fréchet distance, detection AUC, the evaluation classifier."""

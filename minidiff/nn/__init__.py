@@ -1,0 +1,1 @@
+"""Networks (Flax NNX): shared layers, the UNet and the text encoder."""

@@ -1,0 +1,1 @@
+"""The sampling job and the studies: sampling, reports, plots, prompt perturbations."""

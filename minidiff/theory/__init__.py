@@ -1,0 +1,1 @@
+"""Exact theory: closed-form memorizing denoisers and the attraction-basin constructions."""

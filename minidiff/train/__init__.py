@@ -1,0 +1,1 @@
+"""Training: state and checkpoints, the training loop, sharding and precision."""
