@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff.nn.unet import UNet, UNetConfig, count_params, timestep_embedding
+from minidiff.nn.layers import timestep_embedding
+from minidiff.nn.unet import UNet, UNetConfig, count_params
 
 
 def _randomise_zero_layers(model: UNet) -> None:

@@ -13,28 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from minidiff.data.tokenizer import PAD_ID
-from minidiff.nn.unet import embed_normal_host, lecun_normal_host
-
-
-def _linear(d_in: int, d_out: int, *, rngs: nnx.Rngs, zero: bool = False) -> nnx.Linear:
-  return nnx.Linear(d_in, d_out, kernel_init=nnx.initializers.zeros if zero else lecun_normal_host,
-                    rngs=rngs)
-
-
-def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, num_heads: int) -> jax.Array:
-  """softmax(q kᵀ/√d, keys where mask is False excluded) v, with heads split off the last axis.
-
-  Args:
-    q: queries [B, T, C]; k, v: keys and values [B, S, C]; mask: [B, S] bool, True = attend.
-    num_heads: C is split into this many heads.
-
-  Returns:
-    [B, T, C].
-  """
-  b, t, c = q.shape
-  heads = lambda a: a.reshape(a.shape[0], a.shape[1], num_heads, c // num_heads)  # noqa: E731
-  h = jax.nn.dot_product_attention(heads(q), heads(k), heads(v), mask=mask[:, None, None, :])
-  return h.reshape(b, t, c)
+from minidiff.nn import layers
 
 
 class TransformerLayer(nnx.Module):
@@ -42,16 +21,16 @@ class TransformerLayer(nnx.Module):
 
   def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs):
     self.ln1 = nnx.LayerNorm(dim, rngs=rngs)
-    self.qkv = _linear(dim, 3 * dim, rngs=rngs)
-    self.proj = _linear(dim, dim, rngs=rngs)
+    self.qkv = layers.linear(dim, 3 * dim, rngs=rngs)
+    self.proj = layers.linear(dim, dim, rngs=rngs)
     self.ln2 = nnx.LayerNorm(dim, rngs=rngs)
-    self.fc1 = _linear(dim, 4 * dim, rngs=rngs)
-    self.fc2 = _linear(4 * dim, dim, rngs=rngs)
+    self.fc1 = layers.linear(dim, 4 * dim, rngs=rngs)
+    self.fc2 = layers.linear(4 * dim, dim, rngs=rngs)
     self.num_heads = num_heads
 
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     q, k, v = jnp.split(self.qkv(self.ln1(x)), 3, axis=-1)
-    x = x + self.proj(masked_attention(q, k, v, mask, self.num_heads))
+    x = x + self.proj(layers.masked_attention(q, k, v, mask, self.num_heads))
     return x + self.fc2(nnx.gelu(self.fc1(self.ln2(x))))
 
 
@@ -62,8 +41,8 @@ class TextEncoder(nnx.Module):
                rngs: nnx.Rngs):
     if dim % num_heads:
       raise ValueError(f"model.text_dim={dim} is not divisible by model.text_heads={num_heads}.")
-    self.token_embed = nnx.Embed(vocab_size, dim, embedding_init=embed_normal_host, rngs=rngs)
-    self.pos_embed = nnx.Param(embed_normal_host(rngs.params(), (max_len, dim)))
+    self.token_embed = nnx.Embed(vocab_size, dim, embedding_init=layers.embed_normal_host, rngs=rngs)
+    self.pos_embed = nnx.Param(layers.embed_normal_host(rngs.params(), (max_len, dim)))
     self.layers = nnx.List([TransformerLayer(dim, num_heads, rngs=rngs) for _ in range(num_layers)])
     self.ln_out = nnx.LayerNorm(dim, rngs=rngs)
     self.max_len = max_len

@@ -13,12 +13,13 @@ empty caption.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
+
+from minidiff.nn import layers
+from minidiff.nn.text_encoder import TextEncoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,54 +90,6 @@ class UNetConfig:
       raise ValueError("model.num_classes, base_channels and num_res_blocks must be ≥ 1.")
 
 
-def lecun_normal_host(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-  """LeCun truncated-normal init (flax's default for Linear/Conv), drawn with numpy from the jax key.
-
-  Same distribution as `nnx.initializers.lecun_normal()`, but building the UNet eagerly costs
-  milliseconds: with jax's initializers XLA:CPU compiled for 30–50 s. Deterministic per key.
-  Under tracing (eval_shape) only the shape matters, so zeros are returned.
-  """
-  if isinstance(key, jax.core.Tracer):
-    return jnp.zeros(shape, dtype)
-  seed = np.asarray(jax.random.key_data(key), np.uint32).ravel().tolist()
-  rng = np.random.default_rng(seed)
-  fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else shape[0]
-  std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # truncation to ±2σ shrinks the variance
-  x = rng.standard_normal(shape)
-  bad = np.abs(x) > 2.0
-  while bad.any():  # resample outside ±2: a truncated normal
-    x[bad] = rng.standard_normal(int(bad.sum()))
-    bad = np.abs(x) > 2.0
-  return jnp.asarray(x * std, dtype)
-
-
-def embed_normal_host(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-  """N(0, 1/features) embedding init (flax's Embed default), drawn with numpy like lecun_normal_host."""
-  if isinstance(key, jax.core.Tracer):
-    return jnp.zeros(shape, dtype)
-  rng = np.random.default_rng(np.asarray(jax.random.key_data(key), np.uint32).ravel().tolist())
-  return jnp.asarray(rng.standard_normal(shape) / math.sqrt(shape[-1]), dtype)
-
-
-def _linear(c_in: int, c_out: int, *, rngs: nnx.Rngs, zero: bool = False) -> nnx.Linear:
-  return nnx.Linear(c_in, c_out, kernel_init=nnx.initializers.zeros if zero else lecun_normal_host,
-                    rngs=rngs)
-
-
-def _conv(c_in: int, c_out: int, k: int, *, rngs: nnx.Rngs, strides: int = 1,
-          zero: bool = False) -> nnx.Conv:
-  return nnx.Conv(c_in, c_out, (k, k), strides=(strides, strides), rngs=rngs,
-                  kernel_init=nnx.initializers.zeros if zero else lecun_normal_host)
-
-
-def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
-  """Sinusoidal embedding of integer timesteps t [B] → [B, dim] (Vaswani et al.; Ho et al.)."""
-  half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  args = t.astype(jnp.float32)[:, None] * freqs[None, :]
-  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
-
-
 def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
   """Inverted dropout with an explicit key; identity when key is None or rate is 0."""
   if key is None or rate == 0.0:
@@ -151,11 +104,11 @@ class ResBlock(nnx.Module):
   def __init__(self, c_in: int, c_out: int, emb_dim: int, *, groups: int, dropout: float,
                rngs: nnx.Rngs):
     self.norm1 = nnx.GroupNorm(c_in, groups, rngs=rngs)
-    self.conv1 = _conv(c_in, c_out, 3, rngs=rngs)
-    self.emb_proj = _linear(emb_dim, c_out, rngs=rngs)
+    self.conv1 = layers.conv(c_in, c_out, 3, rngs=rngs)
+    self.emb_proj = layers.linear(emb_dim, c_out, rngs=rngs)
     self.norm2 = nnx.GroupNorm(c_out, groups, rngs=rngs)
-    self.conv2 = _conv(c_out, c_out, 3, rngs=rngs, zero=True)
-    self.skip = _conv(c_in, c_out, 1, rngs=rngs) if c_in != c_out else None
+    self.conv2 = layers.conv(c_out, c_out, 3, rngs=rngs, zero=True)
+    self.skip = layers.conv(c_in, c_out, 1, rngs=rngs) if c_in != c_out else None
     self.dropout = dropout
 
   def __call__(self, x: jax.Array, emb: jax.Array, dropout_key: jax.Array | None) -> jax.Array:
@@ -174,8 +127,8 @@ class AttentionBlock(nnx.Module):
 
   def __init__(self, channels: int, *, groups: int, num_heads: int, rngs: nnx.Rngs):
     self.norm = nnx.GroupNorm(channels, groups, rngs=rngs)
-    self.qkv = _linear(channels, 3 * channels, rngs=rngs)
-    self.out = _linear(channels, channels, rngs=rngs, zero=True)
+    self.qkv = layers.linear(channels, 3 * channels, rngs=rngs)
+    self.out = layers.linear(channels, channels, rngs=rngs, zero=True)
     self.num_heads = num_heads
 
   def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
@@ -195,24 +148,23 @@ class CrossAttentionBlock(nnx.Module):
 
   def __init__(self, channels: int, context_dim: int, *, groups: int, num_heads: int, rngs: nnx.Rngs):
     self.norm = nnx.GroupNorm(channels, groups, rngs=rngs)
-    self.q = _linear(channels, channels, rngs=rngs)
-    self.kv = _linear(context_dim, 2 * channels, rngs=rngs)
-    self.out = _linear(channels, channels, rngs=rngs, zero=True)
+    self.q = layers.linear(channels, channels, rngs=rngs)
+    self.kv = layers.linear(context_dim, 2 * channels, rngs=rngs)
+    self.out = layers.linear(channels, channels, rngs=rngs, zero=True)
     self.num_heads = num_heads
 
   def __call__(self, x: jax.Array, context: tuple[jax.Array, jax.Array]) -> jax.Array:
-    from minidiff.nn.text_encoder import masked_attention
     features, mask = context
     b, hgt, wid, c = x.shape
     q = self.q(self.norm(x)).reshape(b, hgt * wid, c)
     k, v = jnp.split(self.kv(features), 2, axis=-1)
-    h = masked_attention(q, k, v, mask, self.num_heads)  # softmax(qkᵀ/√d, pad keys excluded) v
+    h = layers.masked_attention(q, k, v, mask, self.num_heads)  # softmax(qkᵀ/√d, pad keys excluded) v
     return x + self.out(h.reshape(b, hgt, wid, c))
 
 
 class Downsample(nnx.Module):
   def __init__(self, channels: int, *, rngs: nnx.Rngs):
-    self.conv = _conv(channels, channels, 3, strides=2, rngs=rngs)
+    self.conv = layers.conv(channels, channels, 3, strides=2, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.conv(x)
@@ -230,7 +182,7 @@ def upsample_nearest(x: jax.Array) -> jax.Array:
 
 class Upsample(nnx.Module):
   def __init__(self, channels: int, *, rngs: nnx.Rngs):
-    self.conv = _conv(channels, channels, 3, rngs=rngs)
+    self.conv = layers.conv(channels, channels, 3, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.conv(upsample_nearest(x))
@@ -240,7 +192,7 @@ class ClassConditioner(nnx.Module):
   """Class id (null id = num_classes) → embedding vector; no token context."""
 
   def __init__(self, num_classes: int, emb_dim: int, *, rngs: nnx.Rngs):
-    self.embed = nnx.Embed(num_classes + 1, emb_dim, embedding_init=embed_normal_host, rngs=rngs)
+    self.embed = nnx.Embed(num_classes + 1, emb_dim, embedding_init=layers.embed_normal_host, rngs=rngs)
 
   def __call__(self, cond: jax.Array) -> tuple[jax.Array, jax.Array | None]:
     return self.embed(cond), None
@@ -254,10 +206,9 @@ class TextConditioner(nnx.Module):
   """
 
   def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
-    from minidiff.nn.text_encoder import TextEncoder  # text_encoder builds on this module's layers
     self.encoder = TextEncoder(config.vocab_size, config.max_tokens, config.text_dim,
                                num_layers=config.text_layers, num_heads=config.text_heads, rngs=rngs)
-    self.proj = _linear(config.text_dim, config.emb_dim, rngs=rngs)
+    self.proj = layers.linear(config.text_dim, config.emb_dim, rngs=rngs)
 
   def __call__(self, cond) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     tokens, noise = (cond["tokens"], cond.get("noise")) if isinstance(cond, dict) else (cond, None)
@@ -272,13 +223,13 @@ class UNet(nnx.Module):
     config.validate()
     self.config = config
     c0, emb_dim, g = config.base_channels, config.emb_dim, config.num_groups
-    self.time_mlp1 = _linear(c0, emb_dim, rngs=rngs)
-    self.time_mlp2 = _linear(emb_dim, emb_dim, rngs=rngs)
+    self.time_mlp1 = layers.linear(c0, emb_dim, rngs=rngs)
+    self.time_mlp2 = layers.linear(emb_dim, emb_dim, rngs=rngs)
     if config.conditioning == "text":
       self.conditioner = TextConditioner(config, rngs=rngs)
     else:
       self.conditioner = ClassConditioner(config.num_classes, emb_dim, rngs=rngs)
-    self.conv_in = _conv(config.in_channels, c0, 3, rngs=rngs)
+    self.conv_in = layers.conv(config.in_channels, c0, 3, rngs=rngs)
 
     res_kw = dict(groups=g, dropout=config.dropout, rngs=rngs)
     attn = lambda c: AttentionBlock(c, groups=g, num_heads=config.num_heads, rngs=rngs)  # noqa: E731
@@ -319,7 +270,7 @@ class UNet(nnx.Module):
         res *= 2
     self.up = nnx.List(up)
     self.norm_out = nnx.GroupNorm(c, g, rngs=rngs)
-    self.conv_out = _conv(c, config.in_channels, 3, rngs=rngs, zero=True)
+    self.conv_out = layers.conv(c, config.in_channels, 3, rngs=rngs, zero=True)
 
   def __call__(self, x: jax.Array, t: jax.Array, cond: jax.Array, *,
                dropout_key: jax.Array | None = None) -> jax.Array:
@@ -328,7 +279,7 @@ class UNet(nnx.Module):
     `cond` is class ids [B] for the class model, token ids [B, L] (or TextConditioner's dict) for
     the text model.
     """
-    emb = self.time_mlp2(nnx.silu(self.time_mlp1(timestep_embedding(t, self.config.base_channels))))
+    emb = self.time_mlp2(nnx.silu(self.time_mlp1(layers.timestep_embedding(t, self.config.base_channels))))
     cond_emb, context = self.conditioner(cond)
     emb = (emb + cond_emb).astype(x.dtype)  # a bf16 x (mixed precision) keeps the blocks in bf16
     counter = iter(range(10_000))

@@ -56,7 +56,7 @@ class TrainState:
 def init_params(config: ml_collections.ConfigDict, *, seed: int | None = None) -> tuple[nnx.GraphDef, Any]:
   """The UNet of `config` as (graphdef, params), initialised from `seed` (default config.seed).
 
-  The weights are drawn on the host (see `unet.lecun_normal_host`), so this takes well under a second.
+  The weights are drawn on the host (see `minidiff.nn.layers.lecun_normal_host`), so this takes well under a second.
   """
   model = UNet(config_lib.unet_config(config), rngs=nnx.Rngs(config.seed if seed is None else seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
