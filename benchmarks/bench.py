@@ -79,12 +79,11 @@ def jax_worker(args) -> dict:
   from flax import nnx
 
   from minidiff import config as config_lib
-  from minidiff.train import precision
   from minidiff.core import samplers
-  from minidiff.train import sharding
-  from minidiff.train import trainer
   from minidiff.core.guidance import make_strategy
   from minidiff.core.schedule import make_schedule
+  from minidiff.train import precision, sharding, trainer
+  from minidiff.train import state as train_state
 
   out = dict(devices=len(jax.devices()), platform=jax.devices()[0].platform,
              xla_flags=os.environ.get("XLA_FLAGS", ""))
@@ -98,7 +97,7 @@ def jax_worker(args) -> dict:
 
   c = _config(args.setting, args.dtype)
   mesh = sharding.data_mesh()
-  graphdef, state, tx = trainer.init_state(c)
+  graphdef, state, tx = train_state.init_state(c)
   b, r, ch = c.train.batch_size, c.data.resolution, c.data.channels
   rng = np.random.default_rng(0)
   if args.task in ("train", "flops"):

@@ -27,13 +27,14 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks.bench import _config, _time  # noqa: E402
-from minidiff.train import trainer  # noqa: E402
 from minidiff.nn import unet  # noqa: E402
+from minidiff.train import trainer  # noqa: E402
+from minidiff.train import state as train_state  # noqa: E402
 
 
 def step_time(setting: str, steps: int) -> float:
   c = _config(setting)
-  graphdef, state, tx = trainer.init_state(c)
+  graphdef, state, tx = train_state.init_state(c)
   b, r, ch = c.train.batch_size, c.data.resolution, c.data.channels
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.uniform(-1, 1, (b, r, r, ch)), jnp.float32)

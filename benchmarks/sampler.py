@@ -24,7 +24,7 @@ from benchmarks.bench import _time  # noqa: E402  (median after a warm-up, as in
 from configs import mnist_dup  # noqa: E402
 from minidiff import config as config_lib  # noqa: E402
 from minidiff.core import samplers  # noqa: E402
-from minidiff.train import trainer  # noqa: E402
+from minidiff.train import state as train_state  # noqa: E402
 from minidiff.core.guidance import make_strategy  # noqa: E402
 from minidiff.core.schedule import make_schedule  # noqa: E402
 
@@ -40,10 +40,10 @@ def main() -> None:
   args = p.parse_args()
   if args.workdir:
     config = config_lib.load_workdir_config(args.workdir)
-    model, _ = trainer.load_ema_model(args.workdir, config)
+    model, _ = train_state.load_ema_model(args.workdir, config)
   else:
     config = mnist_dup.get_config()
-    model = trainer.build_model(config)
+    model = train_state.build_model(config)
   graphdef, params = nnx.split(model, nnx.Param)
   eps_apply = lambda p, x, t, c: nnx.merge(graphdef, p)(x, t, c)  # noqa: E731
   schedule = make_schedule(config.diffusion.schedule, config.diffusion.T)

@@ -7,8 +7,9 @@ import os
 
 import ml_collections
 
+from minidiff.core import samplers, specs
+from minidiff.data import captions
 from minidiff.data import datasets as data_lib
-from minidiff.core import samplers
 from minidiff.data.duplication import DuplicationSpec
 from minidiff.nn.unet import UNetConfig
 
@@ -176,7 +177,6 @@ def _validate_text(config: ml_collections.ConfigDict) -> None:
   """A text scenario needs captions for its dataset and duplicated images to caption uniquely."""
   if not is_text(config):
     return
-  from minidiff.data import captions  # local: only text configs need it
   d = config.data
   captions.dataset_family(d.name)  # raises for a dataset without captions
   _check(d.num_duplicated_per_class > 0 or d.dup_fraction > 0,
@@ -241,8 +241,6 @@ def _validate_duplication(config: ml_collections.ConfigDict) -> None:
 
 def _validate_sampling(config: ml_collections.ConfigDict) -> None:
   """config.sample and config.study, so a typo there fails now and not after training."""
-  from minidiff.study import sampling  # local: sampling imports this module
-
   s, T = config.sample, config.diffusion.T  # noqa: N806
   _check(s.sampler in samplers.SAMPLERS,
          f"config.sample.sampler={s.sampler!r}: choose one of {', '.join(samplers.SAMPLERS)}.")
@@ -256,10 +254,9 @@ def _validate_sampling(config: ml_collections.ConfigDict) -> None:
          f"config.study.classifier_epochs={study.get('classifier_epochs')} must be ≥ 1.")
   try:
     if is_text(config):  # text specs may add a prompt perturbation after "+"
-      from minidiff.study import text_study
-      text_study.parse_specs(study.guidance, T=T)
+      specs.parse_specs(study.guidance, T=T)
     else:
-      sampling.parse_guidance(study.guidance, T=T)
+      specs.parse_guidance(study.guidance, T=T)
   except ValueError as e:
     raise ValueError(f"config.study.guidance={study.guidance!r}: {e}") from None
 

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff.study import perturbation
-from minidiff.nn.text_encoder import TextEncoder
+from minidiff.core import specs
 from minidiff.data.tokenizer import Tokenizer, words
+from minidiff.nn.text_encoder import TextEncoder
+from minidiff.study import perturbation
 
 PROMPTS = ["a quiet lantern beside the amber river", "a handwritten seven", ""]
 VOCAB = ("amber", "digit", "falcon", "handwritten", "seven")
@@ -19,7 +20,7 @@ def _is_subsequence(short, long):
 
 @pytest.mark.parametrize("spec", ["random_tokens:k=4", "repeat_words:k=3", "random_numbers:k=2"])
 def test_prompt_perturbations_insert_exactly_k_words(spec):
-  p = perturbation.make_perturbation(spec)
+  p = specs.make_perturbation(spec)
   out = perturbation.perturb_prompts(PROMPTS, p, seed=0, vocabulary=VOCAB)
   assert out == perturbation.perturb_prompts(PROMPTS, p, seed=0, vocabulary=VOCAB)  # seeded
   assert out != perturbation.perturb_prompts(PROMPTS, p, seed=1, vocabulary=VOCAB)
@@ -43,14 +44,14 @@ def test_prompt_perturbations_insert_exactly_k_words(spec):
 
 def test_random_numbers_are_unknown_to_a_caption_tokenizer():
   tok = Tokenizer.build(PROMPTS, max_len=16)
-  out = perturbation.perturb_prompts(["a handwritten seven"], perturbation.RandomNumbers(k=3), seed=0,
+  out = perturbation.perturb_prompts(["a handwritten seven"], specs.RandomNumbers(k=3), seed=0,
                                      vocabulary=tok.content_words)
   assert tok.decode(tok.encode(out[0])).count("<unk>") == 3
 
 
 def test_embedding_noise_has_standard_deviation_lambda_and_acts_on_the_text_embedding():
-  p = perturbation.make_perturbation("embedding_noise:lam=0.1")
-  z = p.noise(jax.random.key(0), (64, 16, 32))
+  p = specs.make_perturbation("embedding_noise:lam=0.1")
+  z = perturbation.embedding_noise(p, jax.random.key(0), (64, 16, 32))
   np.testing.assert_allclose(z.std(), 0.1, rtol=0.02)
   np.testing.assert_allclose(z.mean(), 0.0, atol=0.002)
   encoder = TextEncoder(10, 16, 32, num_layers=1, num_heads=2, rngs=nnx.Rngs(0))
@@ -60,7 +61,8 @@ def test_embedding_noise_has_standard_deviation_lambda_and_acts_on_the_text_embe
   clean = encode(params, tokens, jnp.zeros_like(z))
   noisy = encode(params, tokens, jnp.asarray(z))
   np.testing.assert_allclose(noisy - clean, z, atol=1e-5)  # exactly λ·z on the encoder's output
-  assert perturbation.make_perturbation("embedding_noise:lam=0").noise(jax.random.key(0), (2, 3)).max() == 0
+  zero = specs.make_perturbation("embedding_noise:lam=0")
+  assert perturbation.embedding_noise(zero, jax.random.key(0), (2, 3)).max() == 0
 
 
 @pytest.mark.parametrize("spec, match", [
@@ -70,4 +72,4 @@ def test_embedding_noise_has_standard_deviation_lambda_and_acts_on_the_text_embe
 ])
 def test_bad_perturbation_specs(spec, match):
   with pytest.raises(ValueError, match=match):
-    perturbation.make_perturbation(spec)
+    specs.make_perturbation(spec)

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from minidiff.core import guidance
+from minidiff.core import specs as specs_lib
 from minidiff.study import sampling
 from minidiff.study.engine import sample_and_study
 
 
 def test_parse_guidance_specs_and_overrides():
-  specs = sampling.parse_guidance("cfg:w=3, static:tau=600 ,opposite", T=1000, overrides={"w_post": "5"})
+  specs = specs_lib.parse_guidance("cfg:w=3, static:tau=600 ,opposite", T=1000, overrides={"w_post": "5"})
   assert [s.label for s in specs] == ["cfg:w=3", "static:tau=600", "opposite"]
   assert specs[0].strategy.w == 3.0
   assert specs[1].strategy.tau == 600 and specs[1].strategy.w_post == 5.0
@@ -35,7 +36,7 @@ def test_parse_guidance_specs_and_overrides():
 ])
 def test_bad_guidance_specs(spec, overrides, match):
   with pytest.raises(ValueError, match=match):
-    sampling.parse_guidance(spec, T=1000, overrides=overrides)
+    specs_lib.parse_guidance(spec, T=1000, overrides=overrides)
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -97,7 +98,7 @@ def test_sampling_a_tiny_run_writes_outputs_and_is_deterministic(tiny_run):
 
 
 def test_partial_or_foreign_result_files_are_sampled_again(tmp_path, caplog):
-  [spec] = sampling.parse_guidance("cfg", T=100)
+  [spec] = specs_lib.parse_guidance("cfg", T=100)
   n = 4
   result = sampling.SampleResult(
       samples=np.zeros((n, 4, 4, 1), np.float32), labels=np.arange(n), t=np.array([50, 0]),
@@ -124,7 +125,7 @@ def test_checkpoint_that_does_not_match_the_config(tiny_run, tmp_path):
 
 
 def test_strategy_names_are_all_accepted():
-  specs = sampling.parse_guidance(",".join(guidance.STRATEGY_NAMES), T=1000)
+  specs = specs_lib.parse_guidance(",".join(guidance.STRATEGY_NAMES), T=1000)
   assert len(specs) == len(guidance.STRATEGY_NAMES)
 
 
@@ -134,7 +135,7 @@ def test_nan_samples_are_named_with_their_strategy_indices_and_classes():
   def eps_apply(params, x_t, t, cond):  # finite, except for the class-3 condition: NaN
     return jnp.where((cond == 3)[:, None, None, None], jnp.nan, params * x_t)
 
-  [spec] = sampling.parse_guidance("cfg:w=2", T=100)
+  [spec] = specs_lib.parse_guidance("cfg:w=2", T=100)
   options = sampling.SamplingOptions(num=6, classes=(1, 3, 5), num_steps=2, batch=4)
   x_T, labels, key = sampling.shared_inputs(options, shape=(4, 4, 1), num_classes=10)  # noqa: N806
   with pytest.raises(FloatingPointError, match=r"Strategy 'cfg:w=2' produced NaN/Inf in 2 of 6 "
@@ -164,14 +165,14 @@ def test_property_guidance_specs_round_trip(data, name):
     params |= dict(sigma_lo=lo, sigma_hi=lo + data.draw(st.floats(0.01, 5.0), label="width"))
   text = {k: v if isinstance(v, str) else repr(v) for k, v in params.items()}  # repr: exact floats
   label = ":".join([name] + [f"{k}={v}" for k, v in text.items()])
-  [spec] = sampling.parse_guidance(label, T=1000)
+  [spec] = specs_lib.parse_guidance(label, T=1000)
   assert spec.label == label and re.fullmatch(r"[A-Za-z0-9_.-]+", spec.slug)
   for key, value in params.items():
     if key == "s":
       assert spec.strategy.w_pre == -value
     else:
       assert getattr(spec.strategy, key) == value, (key, value)
-  again = sampling.parse_guidance(label, T=1000, overrides={})  # parsing is a function of the text
+  again = specs_lib.parse_guidance(label, T=1000, overrides={})  # parsing is a function of the text
   assert again[0].strategy == spec.strategy
 
 
@@ -179,7 +180,7 @@ def test_property_guidance_specs_round_trip(data, name):
 @hypothesis.given(text=st.text(alphabet="cfgstaiwnopedyml_:=,.-0123456789 ", max_size=30))
 def test_property_any_spec_text_parses_or_is_a_value_error(text):
   try:
-    specs = sampling.parse_guidance(text, T=1000)
+    specs = specs_lib.parse_guidance(text, T=1000)
   except ValueError:
     return
   for spec in specs:

@@ -108,10 +108,11 @@ def _flat(prefix, tree) -> dict:
 
 
 def _sampling_inputs(config):
+  from minidiff.core import specs
   from minidiff.study import sampling
   options = sampling.options_from_config(config, num=8, classes=(0, 1), batch=8)
   x_T, labels, key = sampling.shared_inputs(options, shape=(8, 8, 1), num_classes=10)  # noqa: N806
-  return options, x_T, labels, key, sampling.parse_guidance("cfg", T=config.diffusion.T)[0]
+  return options, x_T, labels, key, specs.parse_guidance("cfg", T=config.diffusion.T)[0]
 
 
 def _eight_device_run(outdir: str) -> dict:
@@ -120,6 +121,7 @@ def _eight_device_run(outdir: str) -> dict:
   from flax import nnx
 
   from minidiff.study import sampling
+  from minidiff.train import state as train_state
   from minidiff.train import trainer
 
   assert len(jax.devices()) == 8, jax.devices()
@@ -132,7 +134,7 @@ def _eight_device_run(outdir: str) -> dict:
   state = jax.device_get(state)
 
   # The 8-device checkpoint, restored onto the default device.
-  model, _ = trainer.load_ema_model(workdir)
+  model, _ = train_state.load_ema_model(workdir)
   restored = nnx.state(model, nnx.Param)
   results["restored_on_devices"] = len(jax.tree.leaves(restored)[0].sharding.device_set)
   results["restore_max_abs_diff"] = max(

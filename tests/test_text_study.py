@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 
 from minidiff import config as config_lib
-from minidiff.metrics import memorization
-from minidiff.study import engine
-from minidiff.study import text_study
-from minidiff.train import trainer
 from minidiff.data.duplication import Manifest
 from minidiff.data.tokenizer import FILENAME, Tokenizer
+from minidiff.metrics import memorization
+from minidiff.study import engine, text_study
+from minidiff.train import inputs
 
 GROUP_KEYS = {"n", "copy_rate", "own_image_copy_rate", "duplicated_image_copy_rate",
               "carlini_fraction_below_0_5", "class_accuracy"}
@@ -30,7 +29,7 @@ def test_tiny_text_model_overfits_its_caption_and_copies_the_image_under_cfg(tin
   engine.sample_and_study(tiny_text_run, "cfg:w=3", prompts=[caption] * 8 + ["a handwritten zero"] * 8,
                          num=16, outdir=out, batch=8)
   samples = np.load(os.path.join(out, "cfg_w3.npz"))["samples"]
-  subset = trainer.load_training_data(config_lib.load_workdir_config(tiny_text_run))
+  subset = inputs.load_training_data(config_lib.load_workdir_config(tiny_text_run))
   mem = memorization.analyse_samples(samples, subset.unique_images, manifest.is_duplicated)
   own = mem.is_copy & (mem.nn_index[:, 0] == u)
   assert own[:8].mean() >= 0.5, (mem.ratio, mem.nn_index[:, 0])  # copies of the caption's image

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff.train import trainer
-from minidiff.train.checkpoint import Checkpointer
 from minidiff.core.schedule import linear_schedule
+from minidiff.train import inputs, trainer
+from minidiff.train import state as train_state
+from minidiff.train.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +42,7 @@ def test_batch_indices_visit_every_example_once_per_epoch():
 def test_loss_at_init_is_the_noise_variance():
   # The zero-initialised output layer predicts ε̂ = 0, so the loss is E‖ε‖²/d = 1.
   from configs import tiny
-  model = trainer.build_model(tiny.get_config())
+  model = train_state.build_model(tiny.get_config())
   x0 = jnp.zeros((256, 8, 8, 1))
   # One compiled program (eager op-by-op execution compiles every primitive separately: ~5× slower).
   loss = nnx.jit(lambda m, x, y, k: trainer.diffusion_loss(m, linear_schedule(100), x, y, k,
@@ -74,10 +75,10 @@ def test_training_writes_metrics_config_manifest_and_loss_decreases(straight_run
 
 def test_loss_decreases_on_a_fixed_evaluation_batch(straight_run):
   c, _, final = straight_run
-  subset = trainer.load_training_data(c)
+  subset = inputs.load_training_data(c)
   x0 = jnp.tile(jnp.asarray(subset.unique_images), (16, 1, 1, 1))  # 640 (image, t, ε) draws
   labels = jnp.tile(jnp.asarray(subset.manifest.label), 16)
-  graphdef, init, _ = trainer.init_state(c)
+  graphdef, init, _ = train_state.init_state(c)
 
   @jax.jit  # one compile for both evaluations
   def loss(params):
@@ -121,9 +122,9 @@ def test_sigkill_then_rerun_resumes_to_the_same_parameters(straight_run, tmp_pat
   done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "Resumed from checkpoint" in done.stderr
-  graphdef, template, _ = trainer.init_state(c)
+  graphdef, template, _ = train_state.init_state(c)
   ckpt = Checkpointer(workdir)
-  resumed = trainer.restore_state(ckpt, template)
+  resumed = train_state.restore_state(ckpt, template)
   assert resumed.step == 12
   _assert_bitwise_equal(resumed, reference)
 
@@ -214,8 +215,8 @@ def test_sigkill_during_a_checkpoint_write_and_a_damaged_latest_then_rerun_resum
   assert "Resumed from checkpoint at step 3" in caplog.text
   assert os.listdir(os.path.join(workdir, "checkpoints_unreadable")) == ["6"]
   assert ckpt.all_steps() == [3, 6] and ckpt.partial_saves() == []
-  _, template, _ = trainer.init_state(c)
-  reference = trainer.restore_state(Checkpointer(straight_workdir), template, step=6)
+  _, template, _ = train_state.init_state(c)
+  reference = train_state.restore_state(Checkpointer(straight_workdir), template, step=6)
   _assert_bitwise_equal(resumed, reference)
   for x, y in zip(*(jax.tree.leaves(s.opt_state) for s in (resumed, reference)), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

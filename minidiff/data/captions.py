@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 
 from minidiff.data.duplication import DuplicatedSubset
+from minidiff.data.tokenizer import Tokenizer
 
 CLASS_NAMES = {
     "mnist": ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
@@ -106,12 +107,11 @@ def caption_subset(subset: DuplicatedSubset, dataset: str, *, seed: int) -> Dupl
 
 
 def tokenize_training_set(subset: DuplicatedSubset, *, max_len: int, vocab_size: int
-                          ) -> tuple["Tokenizer", np.ndarray]:
+                          ) -> tuple[Tokenizer, np.ndarray]:
   """The tokenizer of the subset's captions and the token ids [N_train, max_len] of every example.
 
   Raises ValueError when the vocabulary outgrows the model's token embedding (`vocab_size`).
   """
-  from minidiff.data.tokenizer import Tokenizer
   captions = subset.manifest.captions
   if captions is None:
     raise ValueError("The training subset has no captions: build it with captions.caption_subset.")

@@ -15,12 +15,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from minidiff.metrics import classifier as classifier_lib
 from minidiff import config as config_lib
-from minidiff.metrics import detection
-from minidiff.metrics import memorization
-from minidiff.study import plots
-from minidiff.study import sampling
+from minidiff.core import specs as specs_lib
+from minidiff.metrics import classifier as classifier_lib
+from minidiff.metrics import detection, memorization
+from minidiff.study import plots, sampling, text_study
+from minidiff.study.report import format_cell
+from minidiff.train import inputs
 
 log = logging.getLogger(__name__)
 RESULTS_VERSION = 1
@@ -70,13 +71,6 @@ def evaluate_strategy(result: sampling.SampleResult, *, unique_images: np.ndarra
     row.update(class_accuracy=classifier_lib.class_accuracy(classifier, result.samples, result.labels),
                frechet_distance=fd, frechet_n_samples=n_s, frechet_n_reference=n_r)
   return row, mem.is_copy
-
-
-def format_cell(v: Any, pct: bool = False) -> str:
-  """A report table cell: — for None, a percentage, or 3 significant digits."""
-  if v is None:
-    return "—"
-  return f"{100 * v:.1f}%" if pct else (f"{v:.3g}" if isinstance(v, float) else str(v))
 
 
 def write_report(results: dict[str, Any], outdir: str, figures: dict[str, str]) -> str:
@@ -136,7 +130,6 @@ def sample_and_study(workdir: str, guidance_specs: str | Sequence[str] | None = 
   if config_lib.is_text(config):
     if classes:
       raise ValueError("This run is text-conditioned: give --prompt / --prompts instead of --classes.")
-    from minidiff.study import text_study  # local: only text runs need it
     return text_study.sample_and_study(
         workdir, guidance_specs, prompts=prompts, overrides=overrides, num=num, num_steps=num_steps,
         eta=eta, sampler=sampler, spacing=spacing, seed=seed, batch=batch, study=study, outdir=outdir,
@@ -145,7 +138,7 @@ def sample_and_study(workdir: str, guidance_specs: str | Sequence[str] | None = 
     raise ValueError("This run is class-conditional: give --classes, not --prompt / --prompts.")
   num_classes = config_lib.unet_config(config).num_classes
   guidance_specs = guidance_specs or config.study.guidance
-  specs = sampling.parse_guidance(guidance_specs, T=config.diffusion.T, overrides=overrides)
+  specs = specs_lib.parse_guidance(guidance_specs, T=config.diffusion.T, overrides=overrides)
   num = config.study.num_samples if num is None else num  # --num 0 is an error, not the default
   options = sampling.options_from_config(config, num=num, classes=tuple(classes), num_steps=num_steps,
                                          eta=eta, sampler=sampler, spacing=spacing, seed=seed,
@@ -185,9 +178,7 @@ def sample_and_study(workdir: str, guidance_specs: str | Sequence[str] | None = 
 
 
 def _study(config, workdir, outdir, specs, results, summary, labels, classifier_cache, t_start) -> dict:
-  from minidiff.train import trainer  # local: the training stack is only needed to rebuild the data
-
-  subset = trainer.load_training_data(config)
+  subset = inputs.load_training_data(config)
   manifest = subset.manifest
   is_dup = manifest.is_duplicated
   dup_classes = np.unique(manifest.label[is_dup])

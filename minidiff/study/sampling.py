@@ -1,7 +1,7 @@
-"""Sampling a trained run: guidance specs, shared initial noises, batched jitted samplers, outputs.
+"""Sampling a trained run: shared initial noises, batched jitted samplers, outputs.
 
-A guidance spec is `name[:param=value[:param=value]]`, e.g. `static:tau=600:w_post=3`; several
-specs are compared on the SAME initial noises, classes and sampler keys.
+Several guidance specs (minidiff.core.specs, e.g. `static:tau=600:w_post=3`) are compared on the
+SAME initial noises, classes and sampler keys.
 """
 from __future__ import annotations
 
@@ -9,77 +9,25 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import time
 import zipfile
-from typing import Any, Sequence
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
 from minidiff import config as config_lib
-from minidiff.core import guidance
-from minidiff.study import plots
-from minidiff.train import precision
 from minidiff.core import samplers
-from minidiff.train import sharding
-from minidiff.train.checkpoint import Checkpointer
 from minidiff.core.schedule import make_schedule
+from minidiff.core.specs import GuidanceSpec
+from minidiff.study import plots
+from minidiff.train import precision, sharding, state
+from minidiff.train.checkpoint import Checkpointer
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class GuidanceSpec:
-  label: str  # the spec as written, e.g. "static:tau=600"
-  strategy: guidance.Strategy
-
-  @property
-  def slug(self) -> str:
-    """A file-name-safe form of the label."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label.replace(":", "_").replace("=", ""))
-
-
-def parse_guidance(specs: str | Sequence[str], *, T: int, overrides: dict[str, str] | None = None  # noqa: N803
-                   ) -> list[GuidanceSpec]:
-  """Parses comma-separated guidance specs; `overrides` apply to every strategy that has the field.
-
-  Raises ValueError (before anything is compiled) for unknown strategies or parameters and for
-  values out of range, e.g. τ outside [0, T).
-  """
-  items = [s.strip() for s in (specs.split(",") if isinstance(specs, str) else specs) if s.strip()]
-  if not items:
-    raise ValueError("No guidance strategy given; choose from " + ", ".join(guidance.STRATEGY_NAMES))
-  overrides = dict(overrides or {})
-  used = set()
-  out = []
-  for item in items:
-    name, *params = item.split(":")
-    kw = {}
-    for p in params:
-      if "=" not in p:
-        raise ValueError(f"Guidance spec {item!r}: expected param=value, got {p!r}.")
-      k, v = p.split("=", 1)
-      kw[k] = v
-    valid = guidance.strategy_params(name)  # raises for unknown names
-    for k, v in overrides.items():
-      if k in valid and k not in kw:
-        kw[k] = v
-        used.add(k)
-    strategy = guidance.make_strategy(name, **kw)
-    strategy.validate(T)
-    out.append(GuidanceSpec(item, strategy))
-  unused = set(overrides) - used
-  if unused:
-    raise ValueError(f"Override(s) {sorted(unused)} match no parameter of {items}.")
-  labels = [s.label for s in out]
-  if len(set(labels)) != len(labels):
-    raise ValueError(f"Guidance specs repeat: {labels}.")
-  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,8 +204,6 @@ def load_sampling_model(workdir: str):
 
   Fails with a clear error, before anything is compiled, when there is no checkpoint.
   """
-  from minidiff.train import trainer  # local: trainer pulls in the training stack
-
   config = config_lib.load_workdir_config(workdir)
   config_lib.validate_config(config)
   ckpt = Checkpointer(workdir)
@@ -265,7 +211,7 @@ def load_sampling_model(workdir: str):
     raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train first, e.g. python train.py "
                             f"--config configs/mnist_dup.py --workdir {workdir}")
   ckpt.close()
-  model, step = trainer.load_ema_model(workdir, config)
+  model, step = state.load_ema_model(workdir, config)
   graphdef, params = nnx.split(model, nnx.Param)
 
   def eps_apply(p, x_t, t, cond):

@@ -1,8 +1,8 @@
 """Sampling a text-conditioned run from prompts, and the memorized-vs-non-memorized prompt study.
 
-A spec is a guidance strategy (minidiff.core.guidance), optionally with a prompt perturbation of
-Somepalli et al. (minidiff.study.perturbation) after a "+": `cfg`, `static:tau=500`,
-`cfg+embedding_noise:lam=0.1`, `cfg+random_tokens:k=4`. Every spec samples the same initial noises,
+A spec (minidiff.core.specs.TextSpec) is a guidance strategy (minidiff.core.guidance), optionally
+with a prompt perturbation of Somepalli et al. (minidiff.study.perturbation) after a "+": `cfg`,
+`static:tau=500`, `cfg+embedding_noise:lam=0.1`, `cfg+random_tokens:k=4`. Every spec samples the same initial noises,
 prompts and sampler keys. Without explicit prompts the study samples, half each, the unique
 captions of the duplicated training images (memorized prompts, Wen et al. 2024) and class captions
 (non-memorized prompts), and reports per spec and per group: copies (ratio test against the
@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import time
 from typing import Any, Sequence
 
@@ -24,57 +23,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minidiff.data import captions as captions_lib
-from minidiff.metrics import classifier as classifier_lib
 from minidiff import config as config_lib
-from minidiff.metrics import detection
-from minidiff.metrics import memorization
-from minidiff.study import perturbation
-from minidiff.study import plots
 from minidiff.core import samplers
-from minidiff.study import sampling
+from minidiff.core import specs as specs_lib
+from minidiff.data import captions as captions_lib
 from minidiff.data import tokenizer as tokenizer_lib
 from minidiff.data.duplication import Manifest
-from minidiff.study.engine import format_cell
+from minidiff.metrics import classifier as classifier_lib
+from minidiff.metrics import detection, memorization
+from minidiff.study import perturbation, plots, sampling
+from minidiff.study.report import format_cell
+from minidiff.train import inputs
 
 log = logging.getLogger(__name__)
 RESULTS_VERSION = 1
 GROUPS = ("memorized", "non_memorized", "other")
-
-
-@dataclasses.dataclass(frozen=True)
-class TextSpec:
-  """A guidance strategy and an optional prompt perturbation; `label` as written."""
-
-  label: str
-  guidance: sampling.GuidanceSpec
-  perturbation: perturbation.Perturbation | None
-
-  @property
-  def strategy(self):
-    return self.guidance.strategy
-
-  @property
-  def slug(self) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label.replace(":", "_").replace("=", "").replace("+", "_"))
-
-
-def parse_specs(specs: str | Sequence[str], *, T: int, overrides: dict[str, str] | None = None  # noqa: N803
-                ) -> list[TextSpec]:
-  """Parses comma-separated `guidance[+perturbation]` specs (ValueError before any compile)."""
-  items = [s.strip() for s in (specs.split(",") if isinstance(specs, str) else specs) if s.strip()]
-  if not items:
-    raise ValueError("No guidance strategy given; choose from the names in minidiff.core.guidance.")
-  parts = [item.split("+", 1) for item in items]
-  bases = list(dict.fromkeys(p[0].strip() for p in parts))  # each guidance spec parsed once
-  by_base = {g.label: g for g in sampling.parse_guidance(bases, T=T, overrides=overrides)}
-  out = [TextSpec(item, by_base[p[0].strip()],
-                  perturbation.make_perturbation(p[1]) if len(p) > 1 else None)
-         for item, p in zip(items, parts)]
-  labels = [s.label for s in out]
-  if len(set(labels)) != len(labels):
-    raise ValueError(f"Specs repeat: {labels}.")
-  return out
 
 
 def default_prompts(manifest: Manifest, dataset: str, num: int) -> tuple[list[str], np.ndarray]:
@@ -113,23 +76,23 @@ def prompt_groups(prompts: Sequence[str], manifest: Manifest | None, dataset: st
   return np.asarray(group), np.asarray(image), np.asarray(label)
 
 
-def conditions(spec: TextSpec, prompts: Sequence[str], tokenizer: tokenizer_lib.Tokenizer, *,
+def conditions(spec: specs_lib.TextSpec, prompts: Sequence[str], tokenizer: tokenizer_lib.Tokenizer, *,
                text_dim: int, seed: int) -> tuple[Any, Any, list[str]]:
   """(cond [N, ...], null cond [1, ...], perturbed prompts) of one spec; raises for a too-long prompt."""
   perturbed = perturbation.perturb_prompts(prompts, spec.perturbation, seed=seed,
                                            vocabulary=tokenizer.content_words)
   tokens = tokenizer.encode_batch(perturbed)
   null = tokenizer.null_tokens[None]
-  if isinstance(spec.perturbation, perturbation.EmbeddingNoise):
+  if isinstance(spec.perturbation, specs_lib.EmbeddingNoise):
     key = jax.random.fold_in(jax.random.key(seed), 2)
-    noise = spec.perturbation.noise(key, tokens.shape + (text_dim,))
+    noise = perturbation.embedding_noise(spec.perturbation, key, tokens.shape + (text_dim,))
     return (dict(tokens=tokens, noise=noise),
             dict(tokens=null, noise=np.zeros((1,) + tokens.shape[1:] + (text_dim,), np.float32)),
             perturbed)
   return tokens, null, perturbed
 
 
-def run_spec(eps_apply, params, schedule, spec: TextSpec, options: sampling.SamplingOptions,
+def run_spec(eps_apply, params, schedule, spec: specs_lib.TextSpec, options: sampling.SamplingOptions,
              x_T: np.ndarray, cond: Any, null_row: Any, prompt_ids: np.ndarray,  # noqa: N803
              key: jax.Array, *, compiled_cache: dict | None = None) -> sampling.SampleResult:
   """Samples every (x_T, cond) pair with one spec in fixed-size batches (one compile).
@@ -255,7 +218,7 @@ def write_report(results: dict[str, Any], outdir: str, figures: dict[str, str]) 
   return path
 
 
-def _meta(spec: TextSpec, options: sampling.SamplingOptions, step: int, prompts: Sequence[str]) -> str:
+def _meta(spec: specs_lib.TextSpec, options: sampling.SamplingOptions, step: int, prompts: Sequence[str]) -> str:
   return json.dumps(dict(label=spec.label, strategy=repr(spec.strategy), perturbation=repr(spec.perturbation),
                          step=int(step), prompts=list(prompts), options=dataclasses.asdict(options)),
                     sort_keys=True)
@@ -274,7 +237,7 @@ def sample_and_study(workdir: str, guidance_specs: str | Sequence[str] | None = 
   """
   config = config_lib.load_workdir_config(workdir)
   tokenizer = tokenizer_lib.Tokenizer.load(os.path.join(workdir, tokenizer_lib.FILENAME))
-  specs = parse_specs(guidance_specs or config.study.guidance, T=config.diffusion.T, overrides=overrides)
+  specs = specs_lib.parse_specs(guidance_specs or config.study.guidance, T=config.diffusion.T, overrides=overrides)
   num = num or config.study.num_samples
   options = sampling.options_from_config(config, num=num, num_steps=num_steps, eta=eta, sampler=sampler,
                                          spacing=spacing, seed=seed, batch=batch, x0_steps=tuple(x0_steps))
@@ -327,9 +290,7 @@ def sample_and_study(workdir: str, guidance_specs: str | Sequence[str] | None = 
 
 
 def _study(config, outdir, specs, results, summary, prompts, manifest, classifier_cache, t_start) -> dict:
-  from minidiff.train import trainer  # local: the training stack is only needed to rebuild the data
-
-  subset = trainer.load_training_data(config)
+  subset = inputs.load_training_data(config)
   manifest = subset.manifest
   group, image, label = prompt_groups(prompts, manifest, config.data.name)
   try:

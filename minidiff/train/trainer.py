@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,56 +25,15 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from minidiff.data import captions as captions_lib
 from minidiff import config as config_lib
-from minidiff.data import datasets as data_lib
-from minidiff.train import precision
-from minidiff.train import sharding
-from minidiff.data import tokenizer as tokenizer_lib
-from minidiff.train.checkpoint import Checkpointer, abstract_like
-from minidiff.data.duplication import DuplicatedSubset, build_duplicated_subset
 from minidiff.core.schedule import NoiseSchedule, make_schedule
 from minidiff.nn.unet import UNet, count_params
+from minidiff.train import precision, sharding
+from minidiff.train.checkpoint import Checkpointer
+from minidiff.train.inputs import load_training_data, null_condition, training_conditions
+from minidiff.train.state import TrainState, init_state, restore_state
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class TrainState:
-  """Everything a checkpoint holds. `params`/`ema_params` are nnx.State pytrees of the UNet."""
-
-  step: int
-  params: Any
-  ema_params: Any
-  opt_state: Any
-
-  def as_dict(self) -> dict[str, Any]:
-    return dict(step=np.int64(self.step), params=self.params, ema_params=self.ema_params,
-                opt_state=self.opt_state)
-
-
-def init_params(config: ml_collections.ConfigDict, *, seed: int | None = None) -> tuple[nnx.GraphDef, Any]:
-  """The UNet of `config` as (graphdef, params), initialised from `seed` (default config.seed).
-
-  The weights are drawn on the host (see `minidiff.nn.layers.lecun_normal_host`), so this takes well under a second.
-  """
-  model = UNet(config_lib.unet_config(config), rngs=nnx.Rngs(config.seed if seed is None else seed))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  assert not jax.tree.leaves(rest), "the UNet has state besides its parameters"
-  return graphdef, params
-
-
-def build_model(config: ml_collections.ConfigDict, *, seed: int | None = None) -> UNet:
-  """The UNet of `config`, initialised from `seed` (default config.seed)."""
-  return nnx.merge(*init_params(config, seed=seed))
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW with linear warmup to a constant learning rate and global-norm gradient clipping."""
-  t = config.train
-  lr = optax.linear_schedule(0.0, t.lr, max(t.warmup_steps, 1)) if t.warmup_steps else t.lr
-  return optax.chain(optax.clip_by_global_norm(t.grad_clip),
-                     optax.adamw(lr, weight_decay=t.weight_decay))
 
 
 def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> np.ndarray:
@@ -136,50 +95,6 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   return jax.jit(step_fn, donate_argnums=(0, 1, 2), out_shardings=out)
 
 
-def load_training_data(config: ml_collections.ConfigDict) -> DuplicatedSubset:
-  """The source dataset at the configured resolution, then the duplicated subset."""
-  d = config.data
-  source = data_lib.load_dataset(d.name, data_dir=d.data_dir or None, resolution=d.resolution)
-  subset = build_duplicated_subset(source, config_lib.duplication_spec(config))
-  if config_lib.is_text(config):  # unique captions for the duplicated images, class ones else
-    subset = captions_lib.caption_subset(subset, d.name, seed=config.seed)
-  return subset
-
-
-def null_condition(config: ml_collections.ConfigDict) -> int | np.ndarray:
-  """The null condition of CFG: the null class id, or a text model's empty caption [max_tokens]."""
-  unet = config_lib.unet_config(config)
-  return tokenizer_lib.empty_caption(unet.max_tokens) if config_lib.is_text(config) else unet.null_id
-
-
-def training_conditions(config: ml_collections.ConfigDict, subset: DuplicatedSubset,
-                        workdir: str | None = None) -> tuple[np.ndarray, int | np.ndarray]:
-  """(condition of every training example, null condition): class ids and the null id, or, for a
-  text model, token ids [N, L] and the empty caption; the tokenizer is saved in `workdir`."""
-  unet = config_lib.unet_config(config)
-  if not config_lib.is_text(config):
-    return subset.train.labels, unet.null_id
-  tokenizer, tokens = captions_lib.tokenize_training_set(subset, max_len=unet.max_tokens,
-                                                         vocab_size=unet.vocab_size)
-  if workdir is not None:
-    tokenizer.save(os.path.join(workdir, tokenizer_lib.FILENAME))
-  return tokens, tokenizer.null_tokens
-
-
-def init_state(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation]:
-  """Fresh parameters, EMA copy and optimizer state."""
-  graphdef, params = init_params(config)
-  tx = make_optimizer(config)
-  ema = jax.tree.map(jnp.copy, params)
-  return graphdef, TrainState(0, params, ema, jax.jit(tx.init)(params)), tx
-
-
-def restore_state(ckpt: Checkpointer, template: TrainState, step: int | None = None) -> TrainState:
-  """The checkpoint (latest readable one by default) in the structure of `template`."""
-  restored_step, d = ckpt.restore(abstract_like(template.as_dict()), step)
-  return TrainState(int(d["step"]), d["params"], d["ema_params"], d["opt_state"])
-
-
 def step_function(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
                   tx: optax.GradientTransformation, mesh: Mesh | None = None) -> Callable:
   """`make_train_step` with the schedule, dropout, EMA and precision settings of `config`."""
@@ -187,21 +102,6 @@ def step_function(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
                          p_uncond=config.train.p_uncond, null_id=null_condition(config),
                          ema_decay=config.train.ema_decay, compute_dtype=precision.compute_dtype(config),
                          mesh=mesh)
-
-
-def load_ema_model(workdir: str, config: ml_collections.ConfigDict | None = None) -> tuple[UNet, int]:
-  """The UNet with the EMA parameters of the latest checkpoint in `workdir`, and its step.
-
-  A checkpoint restores onto the default device whatever the device count it was saved with.
-  """
-  config = config or config_lib.load_workdir_config(workdir)
-  graphdef, template, _ = init_state(config)
-  ckpt = Checkpointer(workdir)
-  try:
-    state = restore_state(ckpt, template)
-  finally:
-    ckpt.close()
-  return nnx.merge(graphdef, state.ema_params), state.step
 
 
 def _append_jsonl(path: str, record: dict) -> None:

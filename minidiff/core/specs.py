@@ -1,0 +1,180 @@
+"""Spec parsing: guidance specs, prompt-perturbation specs and their `guidance+perturbation` pairs.
+
+A guidance spec is `name[:param=value[:param=value]]`, e.g. `static:tau=600:w_post=3`; a text spec
+may add a prompt perturbation of Somepalli et al. 2023 after a "+", e.g. `cfg+random_tokens:k=4`.
+Parsing checks names, parameters and ranges and builds the strategies (minidiff.core.guidance) and
+the perturbation parameters; it runs nothing. The perturbations themselves (inserting words,
+drawing the embedding noise) are minidiff.study.perturbation's. A leaf of the core: the config
+layer validates `config.study.guidance` with it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Sequence
+
+from minidiff.core import guidance
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceSpec:
+  label: str  # the spec as written, e.g. "static:tau=600"
+  strategy: guidance.Strategy
+
+  @property
+  def slug(self) -> str:
+    """A file-name-safe form of the label."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label.replace(":", "_").replace("=", ""))
+
+
+def _split(specs: str | Sequence[str]) -> list[str]:
+  return [s.strip() for s in (specs.split(",") if isinstance(specs, str) else specs) if s.strip()]
+
+
+def parse_guidance(specs: str | Sequence[str], *, T: int, overrides: dict[str, str] | None = None  # noqa: N803
+                   ) -> list[GuidanceSpec]:
+  """Parses comma-separated guidance specs; `overrides` apply to every strategy that has the field.
+
+  Raises ValueError (before anything is compiled) for unknown strategies or parameters and for
+  values out of range, e.g. τ outside [0, T).
+  """
+  items = _split(specs)
+  if not items:
+    raise ValueError("No guidance strategy given; choose from " + ", ".join(guidance.STRATEGY_NAMES))
+  overrides = dict(overrides or {})
+  used = set()
+  out = []
+  for item in items:
+    name, *params = item.split(":")
+    kw = {}
+    for p in params:
+      if "=" not in p:
+        raise ValueError(f"Guidance spec {item!r}: expected param=value, got {p!r}.")
+      k, v = p.split("=", 1)
+      kw[k] = v
+    valid = guidance.strategy_params(name)  # raises for unknown names
+    for k, v in overrides.items():
+      if k in valid and k not in kw:
+        kw[k] = v
+        used.add(k)
+    strategy = guidance.make_strategy(name, **kw)
+    strategy.validate(T)
+    out.append(GuidanceSpec(item, strategy))
+  unused = set(overrides) - used
+  if unused:
+    raise ValueError(f"Override(s) {sorted(unused)} match no parameter of {items}.")
+  labels = [s.label for s in out]
+  if len(set(labels)) != len(labels):
+    raise ValueError(f"Guidance specs repeat: {labels}.")
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingNoise:
+  """Gaussian noise of standard deviation `lam` on the text embedding (the encoder's output)."""
+
+  lam: float = 0.1
+
+  def validate(self) -> None:
+    if not (math.isfinite(self.lam) and self.lam >= 0):
+      raise ValueError(f"embedding_noise: lam={self.lam} must be a finite number ≥ 0.")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Insertion:
+  """Inserts k new words at random positions of the prompt (between, before or after its words)."""
+
+  k: int = 4
+
+  name = "insertion"
+
+  def validate(self) -> None:
+    if int(self.k) != self.k or self.k < 1:
+      raise ValueError(f"{self.name}: k={self.k} must be an integer ≥ 1.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomTokens(_Insertion):
+  """k random vocabulary words (Somepalli et al.'s "random token addition")."""
+
+  name = "random_tokens"
+
+
+@dataclasses.dataclass(frozen=True)
+class RepeatWords(_Insertion):
+  """k words of the prompt repeated (Somepalli et al.'s "caption word repetition")."""
+
+  name = "repeat_words"
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomNumbers(_Insertion):
+  """k random integers in [0, 10⁶) (Somepalli et al.'s "random numbers addition")."""
+
+  name = "random_numbers"
+
+
+Perturbation = EmbeddingNoise | RandomTokens | RepeatWords | RandomNumbers
+PERTURBATIONS = {"embedding_noise": EmbeddingNoise, "random_tokens": RandomTokens,
+                 "repeat_words": RepeatWords, "random_numbers": RandomNumbers}
+
+
+def make_perturbation(spec: str) -> Perturbation:
+  """Parses `name[:param=value]`, e.g. `embedding_noise:lam=0.1` or `random_tokens:k=4`.
+
+  Raises ValueError for unknown names or parameters and for values out of range.
+  """
+  name, *params = spec.strip().split(":")
+  if name not in PERTURBATIONS:
+    raise ValueError(f"Unknown prompt perturbation {name!r}; choose one of {', '.join(PERTURBATIONS)}.")
+  cls = PERTURBATIONS[name]
+  fields = {f.name: f.type for f in dataclasses.fields(cls)}
+  kw = {}
+  for p in params:
+    if "=" not in p:
+      raise ValueError(f"Perturbation {spec!r}: expected param=value, got {p!r}.")
+    k, v = p.split("=", 1)
+    if k not in fields:
+      raise ValueError(f"Perturbation {name!r} has no parameter {k!r}; it has {sorted(fields)}.")
+    try:
+      kw[k] = float(v) if k == "lam" else int(v)
+    except ValueError as e:
+      raise ValueError(f"Perturbation {spec!r}: {k}={v!r} is not a number.") from e
+  perturbation = cls(**kw)
+  perturbation.validate()
+  return perturbation
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSpec:
+  """A guidance strategy and an optional prompt perturbation; `label` as written."""
+
+  label: str
+  guidance: GuidanceSpec
+  perturbation: Perturbation | None
+
+  @property
+  def strategy(self) -> guidance.Strategy:
+    return self.guidance.strategy
+
+  @property
+  def slug(self) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label.replace(":", "_").replace("=", "").replace("+", "_"))
+
+
+def parse_specs(specs: str | Sequence[str], *, T: int, overrides: dict[str, str] | None = None  # noqa: N803
+                ) -> list[TextSpec]:
+  """Parses comma-separated `guidance[+perturbation]` specs (ValueError before any compile)."""
+  items = _split(specs)
+  if not items:
+    raise ValueError("No guidance strategy given; choose from the names in minidiff.core.guidance.")
+  parts = [item.split("+", 1) for item in items]
+  bases = list(dict.fromkeys(p[0].strip() for p in parts))  # each guidance spec parsed once
+  by_base = {g.label: g for g in parse_guidance(bases, T=T, overrides=overrides)}
+  out = [TextSpec(item, by_base[p[0].strip()], make_perturbation(p[1]) if len(p) > 1 else None)
+         for item, p in zip(items, parts)]
+  labels = [s.label for s in out]
+  if len(set(labels)) != len(labels):
+    raise ValueError(f"Specs repeat: {labels}.")
+  return out
