@@ -114,4 +114,6 @@ def test_broadcast_upsample_equals_image_resize_forward_and_backward():
   g = jnp.asarray(np.random.default_rng(1).standard_normal((2, 6, 10, 4)), jnp.float32)
   plain = lambda a: jax.image.resize(a, (2, 6, 10, 4), "nearest")  # noqa: E731
   np.testing.assert_array_equal(upsample_nearest(x), plain(x))
-  np.testing.assert_array_equal(jax.vjp(upsample_nearest, x)[1](g)[0], jax.vjp(plain, x)[1](g)[0])
+  # The gradient sums the same 4 values per pixel, in an order XLA chooses: equal up to rounding.
+  np.testing.assert_allclose(jax.vjp(upsample_nearest, x)[1](g)[0], jax.vjp(plain, x)[1](g)[0],
+                             rtol=0, atol=1e-6)
