@@ -1,9 +1,17 @@
-"""Config handling: typed views of the ml_collections config, validation, and the workdir's config.json."""
+"""Config handling: typed frozen sections of the ml_collections config, validation, config.json.
+
+Each section (DataSection, TrainSection, ...) declares its fields once: type, range and message
+(and a default for fields added after runs were saved). `sections(config)` builds them from the
+ml_collections config, checking every field; `validate_config` adds the cross-field checks. The
+command line keeps `--config.a.b=v` (ml_collections config_flags) and the workdir keeps config.json.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+from typing import Any, Callable, Sequence
 
 import ml_collections
 
@@ -20,69 +28,166 @@ RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", 
 ADDED_FIELD_DEFAULTS = {"model.compute_dtype": "float32"}
 
 
-def is_text(config: ml_collections.ConfigDict) -> bool:
-  """Whether `config` describes a text-conditioned model (config.model.conditioning == "text")."""
-  return config.model.get("conditioning", "class") == "text"
+REQUIRED = object()  # a field without a default: a config must set it
 
 
-def _text_fields(m: ml_collections.ConfigDict) -> dict:
-  """UNetConfig's text fields from config.model (absent from class configs: the defaults)."""
-  if m.get("conditioning", "class") != "text":
-    return {}
-  return dict(conditioning="text", vocab_size=m.vocab_size, max_tokens=m.max_tokens,
-              text_dim=m.text_dim, text_layers=m.text_layers, text_heads=m.text_heads,
-              cross_attention_resolutions=tuple(m.cross_attention_resolutions))
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """How one field is checked: its type, then `ok(value)`; `message` formats with {where}."""
+
+  kind: type  # int, float (finite), bool, str, or tuple (of ints)
+  ok: Callable[[Any], bool] | None = None
+  message: str = ""  # e.g. "{where} must be ≥ 1."; where = "config.<field>=<value>"
 
 
-def unet_config(config: ml_collections.ConfigDict) -> UNetConfig:
-  """The UNetConfig that `config.model` and `config.data` describe."""
-  m = config.model
-  return UNetConfig(**_text_fields(m),
-      resolution=config.data.resolution, in_channels=config.data.channels,
-      base_channels=m.base_channels, channel_mults=tuple(m.channel_mults),
-      num_res_blocks=m.num_res_blocks, attention_resolutions=tuple(m.attention_resolutions),
-      dropout=m.dropout, num_groups=m.num_groups, num_heads=m.num_heads,
-      num_classes=data_lib.NUM_CLASSES.get(config.data.name, 10))
+def _field(kind: type, ok: Callable[[Any], bool] | None = None, message: str = "", *,
+           default: Any = REQUIRED) -> Any:
+  """A section field: its type, range and message (and, for fields added later, its default)."""
+  kw = {} if default is REQUIRED else {"default": default}
+  return dataclasses.field(metadata={"rule": Rule(kind, ok, message)}, **kw)
 
 
-def duplication_spec(config: ml_collections.ConfigDict) -> DuplicationSpec:
-  d = config.data
-  return DuplicationSpec(
-      n_unique_per_class=d.n_unique_per_class, num_duplicated_per_class=d.num_duplicated_per_class,
-      dup_factor=d.dup_factor, dup_fraction=d.dup_fraction,
-      duplicated_classes=tuple(d.duplicated_classes) if d.duplicated_classes else None,
-      seed=config.seed)
+def _at_least(n: int, kind: type = int, note: str = "", **kw: Any) -> Any:
+  return _field(kind, lambda v: v >= n, f"{{where}} must be ≥ {n}{note}.", **kw)
 
 
-# Every field the library reads, with its type: `int` fields take ints (not bools or floats), `float`
-# fields take finite ints or floats. Checked before any range, so no check below meets a bad type.
-FIELD_TYPES: dict[str, type] = {
-    "seed": int,
-    "data.name": str, "data.data_dir": str, "data.resolution": int, "data.channels": int,
-    "data.n_unique_per_class": int, "data.num_duplicated_per_class": int, "data.dup_factor": int,
-    "data.dup_fraction": float, "data.duplicated_classes": tuple,
-    "model.base_channels": int, "model.channel_mults": tuple, "model.num_res_blocks": int,
-    "model.attention_resolutions": tuple, "model.dropout": float, "model.num_groups": int,
-    "model.num_heads": int,
-    "diffusion.schedule": str, "diffusion.T": int,
-    "train.steps": int, "train.batch_size": int, "train.lr": float, "train.warmup_steps": int,
-    "train.weight_decay": float, "train.grad_clip": float, "train.ema_decay": float,
-    "train.p_uncond": float, "train.log_every": int, "train.checkpoint_every": int,
-    "train.max_to_keep": int,
-    "sample.sampler": str, "sample.num_steps": int, "sample.eta": float, "sample.spacing": str,
-    "sample.clip_x0": bool,
-    "study.guidance": str, "study.num_samples": int,
-}
-# Fields added later (runs saved before them still load): checked when present.
-OPTIONAL_FIELDS = {"study.classifier_epochs": int, "model.compute_dtype": str,
-                   "parallel.num_devices": int, "parallel.multi_host": bool,
-                   "parallel.coordinator_address": str, "parallel.num_processes": int,
-                   "parallel.process_id": int,
-                   "model.conditioning": str, "model.vocab_size": int, "model.max_tokens": int,
-                   "model.text_dim": int, "model.text_layers": int, "model.text_heads": int,
-                   "model.cross_attention_resolutions": tuple}
+def _in(lo: float, hi: float, kind: type = float, *, closed: bool = False, note: str = "") -> Any:
+  if closed:
+    return _field(kind, lambda v: lo <= v <= hi, f"{{where}} must lie in [{lo:g}, {hi:g}]{note}.")
+  return _field(kind, lambda v: lo <= v < hi, f"{{where}} must lie in [{lo:g}, {hi:g}){note}.")
+
+
+def _one_of(names: Sequence[str], message: str, **kw: Any) -> Any:
+  return _field(str, lambda v: v in names, message, **kw)
+
+
+_UNET = {f.name: f.default for f in dataclasses.fields(UNetConfig)}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataSection:
+  name: str = _one_of(data_lib.DATASET_NAMES, "{where} is unknown; choose one of "
+                      + ", ".join(data_lib.DATASET_NAMES) + ".")
+  data_dir: str = _field(str)
+  resolution: int = _at_least(4)
+  channels: int = _field(int)  # checked against the dataset below
+  n_unique_per_class: int = _field(int)  # DuplicationSpec.validate checks the duplication fields
+  num_duplicated_per_class: int = _field(int)
+  dup_factor: int = _field(int)
+  dup_fraction: float = _field(float)
+  duplicated_classes: tuple = _field(tuple)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSection:
+  # Ranges and the architecture's consistency: UNetConfig.validate, the one place of those checks.
+  base_channels: int = _field(int)
+  channel_mults: tuple = _field(tuple)
+  num_res_blocks: int = _field(int)
+  attention_resolutions: tuple = _field(tuple)
+  dropout: float = _field(float)
+  num_groups: int = _field(int)
+  num_heads: int = _field(int)
+  compute_dtype: str = _one_of(("float32", "bfloat16"), "{where}: use 'float32' or 'bfloat16' (GPU/TPU).",
+                               default="float32")
+  conditioning: str = _field(str, default=_UNET["conditioning"])
+  vocab_size: int = _field(int, default=_UNET["vocab_size"])
+  max_tokens: int = _field(int, default=_UNET["max_tokens"])
+  text_dim: int = _field(int, default=_UNET["text_dim"])
+  text_layers: int = _field(int, default=_UNET["text_layers"])
+  text_heads: int = _field(int, default=_UNET["text_heads"])
+  cross_attention_resolutions: tuple = _field(tuple, default=_UNET["cross_attention_resolutions"])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DiffusionSection:
+  schedule: str = _one_of(("linear", "cosine"), "{where}: use 'linear' or 'cosine'.")
+  T: int = _at_least(2)  # noqa: N815
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainSection:
+  steps: int = _at_least(1)
+  batch_size: int = _at_least(1)
+  lr: float = _field(float, lambda v: v > 0, "{where} must be > 0 (e.g. 1e-3).")
+  warmup_steps: int = _at_least(0)
+  weight_decay: float = _at_least(0, float)
+  grad_clip: float = _field(float, lambda v: v > 0, "{where} must be > 0.")
+  ema_decay: float = _in(0, 1, note=" (e.g. 0.999)")
+  p_uncond: float = _in(0, 1, note=" (e.g. 0.1)")
+  log_every: int = _at_least(1)
+  checkpoint_every: int = _at_least(1)
+  max_to_keep: int = _at_least(1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SampleSection:
+  sampler: str = _one_of(samplers.SAMPLERS, "{where}: choose one of " + ", ".join(samplers.SAMPLERS) + ".")
+  num_steps: int = _field(int)  # in [1, T]: checked with diffusion.T below
+  eta: float = _in(0, 1, closed=True)
+  spacing: str = _one_of(samplers.SPACINGS, "{where}: choose one of " + ", ".join(samplers.SPACINGS) + ".")
+  clip_x0: bool = _field(bool)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StudySection:
+  guidance: str = _field(str)  # parsed by minidiff.core.specs below
+  num_samples: int = _at_least(1)
+  classifier_epochs: int = _at_least(1, default=15)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ParallelSection:
+  num_devices: int = _at_least(0, note=" (0 = all)", default=0)
+  multi_host: bool = _field(bool, default=False)
+  coordinator_address: str = _field(str, default="")
+  num_processes: int = _field(int, default=1)
+  process_id: int = _field(int, default=0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+  """The typed, checked view of an ml_collections config (`sections(config)`)."""
+
+  seed: int = _at_least(0)
+  data: DataSection
+  model: ModelSection
+  diffusion: DiffusionSection
+  train: TrainSection
+  sample: SampleSection
+  study: StudySection
+  parallel: ParallelSection
+
+  @property
+  def is_text(self) -> bool:
+    return self.model.conditioning == "text"
+
+
+def _table() -> dict[str, dataclasses.Field]:
+  """{'train.steps': its dataclass field} of every leaf field of the config."""
+  out = {}
+  for f in dataclasses.fields(Config):
+    if f.name in _SECTIONS:
+      out.update({f"{f.name}.{g.name}": g for g in dataclasses.fields(_SECTIONS[f.name])})
+    else:
+      out[f.name] = f
+  return out
+
+
+_SECTIONS = {"data": DataSection, "model": ModelSection, "diffusion": DiffusionSection,
+             "train": TrainSection, "sample": SampleSection, "study": StudySection,
+             "parallel": ParallelSection}
+# Every field the library reads: a config must set these (type as in the sections) …
+FIELD_TYPES: dict[str, type] = {k: f.metadata["rule"].kind for k, f in _table().items()
+                                if f.default is dataclasses.MISSING}
+# … and fields added later (runs saved before them still load, with the section's default).
+OPTIONAL_FIELDS: dict[str, type] = {k: f.metadata["rule"].kind for k, f in _table().items()
+                                    if f.default is not dataclasses.MISSING}
 # Images per class in each dataset's training split (MNIST's smallest class, 5, has 5,421).
 IMAGES_PER_CLASS = {data_lib.OFFLINE_MNIST: 500, "mnist": 5421, "fashion_mnist": 6000, "cifar10": 5000}
+# What UNetConfig.validate calls each of its fields in a message.
+_UNET_NAMES = {"resolution": "config.data.resolution", "in_channels": "config.data.channels",
+               **{f: f"config.model.{f}" for f in _UNET if f not in ("resolution", "in_channels")}}
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -90,21 +195,19 @@ def _check(cond: bool, msg: str) -> None:
     raise ValueError(msg)
 
 
-def _get(config: ml_collections.ConfigDict, key: str):
-  node = config
-  for part in key.split("."):
-    if part not in node:
-      raise KeyError(key)
-    node = node[part]
-  return node
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_type(key: str, value, kind) -> None:
+def _check_rule(key: str, value: Any, rule: Rule) -> Any:
+  """The value, type- then range-checked by `rule` (tuples of ints come back as tuples)."""
   where = f"config.{key}={value!r}"
+  kind = rule.kind
   if kind is int:
     _check(_is_int(value), f"{where} must be an integer.")
   elif kind is float:
-    _check(_is_number(value) and math.isfinite(value), f"{where} must be a finite number.")
+    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+           f"{where} must be a finite number.")
   elif kind is bool:
     _check(isinstance(value, bool), f"{where} must be True or False.")
   elif kind is str:
@@ -112,125 +215,104 @@ def _check_type(key: str, value, kind) -> None:
   elif kind is tuple:
     _check(isinstance(value, (tuple, list)) and all(_is_int(v) for v in value),
            f"{where} must be a tuple of integers, e.g. (1, 2).")
+    value = tuple(value)
+  if rule.ok is not None:
+    _check(rule.ok(value), rule.message.format(where=where))
+  return value
 
 
-def _is_number(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _build(cls: type, node: Any, prefix: str) -> Any:
+  kw = {}
+  for f in dataclasses.fields(cls):
+    key = f"{prefix}{f.name}"
+    if cls is Config and f.name in _SECTIONS:  # an absent section (parallel): its defaults
+      kw[f.name] = _build(_SECTIONS[f.name], node.get(f.name, None), f"{key}.")
+      continue
+    present = node is not None and f.name in node
+    if not present:
+      if f.default is dataclasses.MISSING:
+        raise ValueError(f"config.{key} is missing; add it to the config (every field and its "
+                         f"default: configs/mnist_dup.py).")
+      continue
+    kw[f.name] = _check_rule(key, node[f.name], f.metadata["rule"])
+  return cls(**kw)
 
 
-def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
+def sections(config: ml_collections.ConfigDict) -> Config:
+  """The typed frozen sections of `config`, each field type- and range-checked from its section.
+
+  Raises ValueError naming `config.<field>=<value>` and what to change. Cross-field checks (the
+  architecture, the duplication, sample.num_steps ≤ T, the study's specs) are `validate_config`'s.
+  """
+  return _build(Config, config, "")
 
 
 def check_types(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError for a missing field or a value of the wrong type, naming the field."""
-  for key, kind in FIELD_TYPES.items():
-    try:
-      value = _get(config, key)
-    except KeyError:
-      raise ValueError(f"config.{key} is missing; add it to the config (every field and its "
-                       f"default: configs/mnist_dup.py).") from None
-    _check_type(key, value, kind)
-  for key, kind in OPTIONAL_FIELDS.items():
-    try:
-      _check_type(key, _get(config, key), kind)
-    except KeyError:
-      pass
+  """Raises ValueError for a missing field or a value of the wrong type or range, naming the field."""
+  sections(config)
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
+def is_text(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config` describes a text-conditioned model (config.model.conditioning == "text")."""
+  return config.model.get("conditioning", "class") == "text"
+
+
+def unet_config(config: ml_collections.ConfigDict | Config) -> UNetConfig:
+  """The UNetConfig that `config.model` and `config.data` describe."""
+  c = config if isinstance(config, Config) else sections(config)
+  m = c.model
+  text = {} if not c.is_text else dict(
+      conditioning="text", vocab_size=m.vocab_size, max_tokens=m.max_tokens, text_dim=m.text_dim,
+      text_layers=m.text_layers, text_heads=m.text_heads,
+      cross_attention_resolutions=m.cross_attention_resolutions)
+  return UNetConfig(**text,
+      resolution=c.data.resolution, in_channels=c.data.channels,
+      base_channels=m.base_channels, channel_mults=m.channel_mults,
+      num_res_blocks=m.num_res_blocks, attention_resolutions=m.attention_resolutions,
+      dropout=m.dropout, num_groups=m.num_groups, num_heads=m.num_heads,
+      num_classes=data_lib.NUM_CLASSES.get(c.data.name, 10))
+
+
+def duplication_spec(config: ml_collections.ConfigDict | Config) -> DuplicationSpec:
+  c = config if isinstance(config, Config) else sections(config)
+  d = c.data
+  return DuplicationSpec(
+      n_unique_per_class=d.n_unique_per_class, num_duplicated_per_class=d.num_duplicated_per_class,
+      dup_factor=d.dup_factor, dup_fraction=d.dup_fraction,
+      duplicated_classes=d.duplicated_classes or None, seed=c.seed)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> Config:
   """Raises ValueError, naming the field and what to change, before anything is built or compiled.
 
-  Device-dependent checks (batch divisible by the device count) are the trainer's.
+  Returns the typed sections. Device-dependent checks (batch divisible by the device count) are
+  the trainer's.
   """
-  check_types(config)
-  d, t = config.data, config.train
-  _check(config.seed >= 0, f"config.seed={config.seed} must be ≥ 0.")
-  _check(d.name in data_lib.DATASET_NAMES,
-         f"config.data.name={d.name!r} is unknown; choose one of {', '.join(data_lib.DATASET_NAMES)}.")
-  _check(config.diffusion.schedule in ("linear", "cosine"),
-         f"config.diffusion.schedule={config.diffusion.schedule!r}: use 'linear' or 'cosine'.")
-  _check(config.diffusion.T >= 2, f"config.diffusion.T={config.diffusion.T} must be ≥ 2.")
-  _check(t.steps >= 1, f"config.train.steps={t.steps} must be ≥ 1.")
-  _check(t.batch_size >= 1, f"config.train.batch_size={t.batch_size} must be ≥ 1.")
-  _check(t.lr > 0, f"config.train.lr={t.lr} must be > 0 (e.g. 1e-3).")
-  _check(t.warmup_steps >= 0, f"config.train.warmup_steps={t.warmup_steps} must be ≥ 0.")
-  _check(t.weight_decay >= 0, f"config.train.weight_decay={t.weight_decay} must be ≥ 0.")
-  _check(0.0 <= t.p_uncond < 1.0, f"config.train.p_uncond={t.p_uncond} must lie in [0, 1) (e.g. 0.1).")
-  _check(0.0 <= t.ema_decay < 1.0,
-         f"config.train.ema_decay={t.ema_decay} must lie in [0, 1) (e.g. 0.999).")
-  _check(t.grad_clip > 0, f"config.train.grad_clip={t.grad_clip} must be > 0.")
-  for key in ("checkpoint_every", "log_every", "max_to_keep"):
-    _check(t[key] >= 1, f"config.train.{key}={t[key]} must be ≥ 1.")
-  _check(d.resolution >= 4, f"config.data.resolution={d.resolution} must be ≥ 4.")
+  c = sections(config)
+  d = c.data
   expected_channels = 3 if d.name == "cifar10" else 1
   _check(d.channels == expected_channels,
          f"config.data.channels={d.channels} but {d.name} has {expected_channels} channel(s).")
-  _validate_model(config)
-  _validate_duplication(config)
-  _validate_sampling(config)
-  _validate_parallel(config)
-  _validate_text(config)
-
-
-def _validate_text(config: ml_collections.ConfigDict) -> None:
-  """A text scenario needs captions for its dataset and duplicated images to caption uniquely."""
-  if not is_text(config):
-    return
-  d = config.data
-  captions.dataset_family(d.name)  # raises for a dataset without captions
-  _check(d.num_duplicated_per_class > 0 or d.dup_fraction > 0,
-         "A text scenario gives its duplicated images unique captions: set "
-         "config.data.num_duplicated_per_class ≥ 1 or config.data.dup_fraction > 0.")
-
-
-def _validate_parallel(config: ml_collections.ConfigDict) -> None:
-  """config.parallel and config.model.compute_dtype (the device count itself is the trainer's)."""
-  dtype = config.model.get("compute_dtype", "float32")
-  _check(dtype in ("float32", "bfloat16"),
-         f"config.model.compute_dtype={dtype!r}: use 'float32' or 'bfloat16' (GPU/TPU).")
-  p = config.get("parallel", None)
-  if p is None:
-    return
-  _check(p.num_devices >= 0, f"config.parallel.num_devices={p.num_devices} must be ≥ 0 (0 = all).")
+  unet_config(c).validate(names=_UNET_NAMES)  # the architecture's checks, in one place
+  _validate_duplication(c)
+  _validate_sampling(c)
+  p = c.parallel
   if p.multi_host and p.coordinator_address:
     _check(p.num_processes >= 1 and 0 <= p.process_id < p.num_processes,
            f"config.parallel.process_id={p.process_id} must lie in [0, num_processes="
            f"{p.num_processes}).")
+  if c.is_text:  # a text scenario needs captions for its dataset and duplicated images to caption
+    captions.dataset_family(d.name)  # raises for a dataset without captions
+    _check(d.num_duplicated_per_class > 0 or d.dup_fraction > 0,
+           "A text scenario gives its duplicated images unique captions: set "
+           "config.data.num_duplicated_per_class ≥ 1 or config.data.dup_fraction > 0.")
+  return c
 
 
-def _validate_model(config: ml_collections.ConfigDict) -> None:
-  d, m = config.data, config.model
-  for key in ("base_channels", "num_res_blocks", "num_groups", "num_heads"):
-    _check(m[key] >= 1, f"config.model.{key}={m[key]} must be ≥ 1.")
-  _check(0.0 <= m.dropout < 1.0, f"config.model.dropout={m.dropout} must lie in [0, 1).")
-  mults = tuple(m.channel_mults)
-  _check(len(mults) >= 1 and min(mults) >= 1,
-         f"config.model.channel_mults={mults} must be one or more integers ≥ 1, e.g. (1, 2, 2).")
-  levels = len(mults)
-  _check(d.resolution % 2 ** (levels - 1) == 0,
-         f"config.data.resolution={d.resolution} is not divisible by 2^{levels - 1} = "
-         f"{2 ** (levels - 1)} (each of the {levels} levels of config.model.channel_mults={mults} "
-         f"after the first halves it); change the resolution or use fewer channel_mults.")
-  sizes = [d.resolution // 2**i for i in range(levels)]
-  bad = [r for r in m.attention_resolutions if r not in sizes]
-  _check(not bad, f"config.model.attention_resolutions={tuple(m.attention_resolutions)} contains "
-         f"{bad}, which no level has; the feature-map sizes are {sizes}.")
-  for c in sorted({m.base_channels * k for k in mults}):
-    _check(c % m.num_groups == 0, f"config.model.num_groups={m.num_groups} does not divide the "
-           f"channel count {c} (base_channels × channel_mults); choose a divisor of it.")
-  attended = {m.base_channels * mults[i] for i, r in enumerate(sizes) if r in m.attention_resolutions}
-  for c in sorted(attended | {m.base_channels * mults[-1]}):  # the middle block always attends
-    _check(c % m.num_heads == 0, f"config.model.num_heads={m.num_heads} does not divide the "
-           f"channel count {c} of an attention block; choose a divisor of it.")
-  unet_config(config).validate()  # the model's own checks, as a backstop
-
-
-def _validate_duplication(config: ml_collections.ConfigDict) -> None:
-  d = config.data
-  num_classes = data_lib.NUM_CLASSES.get(d.name, 10)
+def _validate_duplication(c: Config) -> None:
+  d = c.data
   try:
-    duplication_spec(config).validate(num_classes)
+    duplication_spec(c).validate(data_lib.NUM_CLASSES.get(d.name, 10))
   except ValueError as e:
     raise ValueError(f"config.data: {e}") from None
   available = IMAGES_PER_CLASS.get(d.name)
@@ -239,26 +321,17 @@ def _validate_duplication(config: ml_collections.ConfigDict) -> None:
          f"images per class; use at most {available}.")
 
 
-def _validate_sampling(config: ml_collections.ConfigDict) -> None:
-  """config.sample and config.study, so a typo there fails now and not after training."""
-  s, T = config.sample, config.diffusion.T  # noqa: N806
-  _check(s.sampler in samplers.SAMPLERS,
-         f"config.sample.sampler={s.sampler!r}: choose one of {', '.join(samplers.SAMPLERS)}.")
+def _validate_sampling(c: Config) -> None:
+  """config.sample.num_steps against T and config.study.guidance, so a typo fails now, not after training."""
+  s, T = c.sample, c.diffusion.T  # noqa: N806
   _check(1 <= s.num_steps <= T, f"config.sample.num_steps={s.num_steps} must lie in [1, T={T}].")
-  _check(0.0 <= s.eta <= 1.0, f"config.sample.eta={s.eta} must lie in [0, 1].")
-  _check(s.spacing in samplers.SPACINGS,
-         f"config.sample.spacing={s.spacing!r}: choose one of {', '.join(samplers.SPACINGS)}.")
-  study = config.study
-  _check(study.num_samples >= 1, f"config.study.num_samples={study.num_samples} must be ≥ 1.")
-  _check(study.get("classifier_epochs", 1) >= 1,
-         f"config.study.classifier_epochs={study.get('classifier_epochs')} must be ≥ 1.")
   try:
-    if is_text(config):  # text specs may add a prompt perturbation after "+"
-      specs.parse_specs(study.guidance, T=T)
+    if c.is_text:  # text specs may add a prompt perturbation after "+"
+      specs.parse_specs(c.study.guidance, T=T)
     else:
-      specs.parse_guidance(study.guidance, T=T)
+      specs.parse_guidance(c.study.guidance, T=T)
   except ValueError as e:
-    raise ValueError(f"config.study.guidance={study.guidance!r}: {e}") from None
+    raise ValueError(f"config.study.guidance={c.study.guidance!r}: {e}") from None
 
 
 def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:

@@ -99,7 +99,7 @@ def test_timestep_embedding_closed_form():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(resolution=10, channel_mults=(1, 2, 2)), "not divisible"),
     (dict(attention_resolutions=(5,)), "no level has"),
-    (dict(base_channels=30, num_groups=8), "not divisible by model.num_groups"),
+    (dict(base_channels=30, num_groups=8), "model.num_groups=8 does not divide the channel count 30"),
     (dict(dropout=1.0), "dropout"),
 ])
 def test_config_validation(kwargs, match):

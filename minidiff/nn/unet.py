@@ -13,6 +13,7 @@ empty caption.
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -54,40 +55,52 @@ class UNetConfig:
   def emb_dim(self) -> int:
     return 4 * self.base_channels
 
-  def validate(self) -> None:
-    """Raises ValueError when the architecture cannot be built."""
-    levels = len(self.channel_mults)
-    if self.resolution % (2 ** (levels - 1)):
-      raise ValueError(
-          f"model.resolution={self.resolution} is not divisible by 2^{levels - 1} (one halving per "
-          f"level after the first, channel_mults={self.channel_mults}); change the resolution or use "
-          f"fewer channel_mults.")
-    sizes = {self.resolution // 2**i for i in range(levels)}
+  def validate(self, *, names: Mapping[str, str] | None = None) -> None:
+    """Raises ValueError when the architecture cannot be built, naming the field, value and fix.
+
+    The one place of the architecture's checks: the config layer calls it with `names`, which maps
+    a field to what the message calls it (e.g. resolution → "config.data.resolution"); a field not
+    in `names` is called "model.<field>".
+    """
+    name = lambda f: (names or {}).get(f, f"model.{f}")  # noqa: E731
+    def check(cond: bool, msg: str) -> None:
+      if not cond:
+        raise ValueError(msg)
+
+    for f in ("base_channels", "num_res_blocks", "num_groups", "num_heads", "num_classes"):
+      check(getattr(self, f) >= 1, f"{name(f)}={getattr(self, f)} must be ≥ 1.")
+    check(0.0 <= self.dropout < 1.0, f"{name('dropout')}={self.dropout} must lie in [0, 1).")
+    mults = tuple(self.channel_mults)
+    check(len(mults) >= 1 and min(mults) >= 1,
+          f"{name('channel_mults')}={mults} must be one or more integers ≥ 1, e.g. (1, 2, 2).")
+    levels = len(mults)
+    check(self.resolution % 2 ** (levels - 1) == 0,
+          f"{name('resolution')}={self.resolution} is not divisible by 2^{levels - 1} = "
+          f"{2 ** (levels - 1)} (each of the {levels} levels of {name('channel_mults')}={mults} "
+          f"after the first halves it); change the resolution or use fewer channel_mults.")
+    sizes = [self.resolution // 2**i for i in range(levels)]
     bad = [r for r in self.attention_resolutions if r not in sizes]
-    if bad:
-      raise ValueError(f"model.attention_resolutions={self.attention_resolutions} contains {bad}, "
-                       f"which no level has; the feature-map sizes are {sorted(sizes, reverse=True)}.")
-    if self.conditioning not in ("class", "text"):
-      raise ValueError(f"model.conditioning={self.conditioning!r}: use 'class' or 'text'.")
+    check(not bad, f"{name('attention_resolutions')}={tuple(self.attention_resolutions)} contains "
+          f"{bad}, which no level has; the feature-map sizes are {sizes}.")
+    for c in sorted({self.base_channels * k for k in mults}):
+      check(c % self.num_groups == 0, f"{name('num_groups')}={self.num_groups} does not divide the "
+            f"channel count {c} (base_channels × channel_mults); choose a divisor of it.")
+    attended = {self.base_channels * mults[i] for i, r in enumerate(sizes) if r in self.attention_resolutions}
+    for c in sorted(attended | {self.base_channels * mults[-1]}):  # the middle block always attends
+      check(c % self.num_heads == 0, f"{name('num_heads')}={self.num_heads} does not divide the "
+            f"channel count {c} of an attention block; choose a divisor of it.")
+    check(self.conditioning in ("class", "text"),
+          f"{name('conditioning')}={self.conditioning!r}: use 'class' or 'text'.")
     if self.conditioning == "text":
       bad = [r for r in self.cross_attention_resolutions if r not in sizes]
-      if bad:
-        raise ValueError(f"model.cross_attention_resolutions={self.cross_attention_resolutions} "
-                         f"contains {bad}, which no level has; the feature-map sizes are "
-                         f"{sorted(sizes, reverse=True)}.")
-      if self.vocab_size < 4 or self.max_tokens < 2:
-        raise ValueError(f"model.vocab_size={self.vocab_size} must be ≥ 4 and model.max_tokens="
-                         f"{self.max_tokens} ≥ 2 for a text model.")
-      if self.text_dim % self.text_heads or self.text_layers < 1:
-        raise ValueError(f"model.text_dim={self.text_dim} must be divisible by model.text_heads="
-                         f"{self.text_heads}, and model.text_layers={self.text_layers} ≥ 1.")
-    for c in {self.base_channels * m for m in self.channel_mults}:
-      if c % self.num_groups:
-        raise ValueError(f"Channel count {c} is not divisible by model.num_groups={self.num_groups}.")
-    if not 0.0 <= self.dropout < 1.0:
-      raise ValueError(f"model.dropout={self.dropout} must lie in [0, 1).")
-    if self.num_classes < 1 or self.base_channels < 1 or self.num_res_blocks < 1:
-      raise ValueError("model.num_classes, base_channels and num_res_blocks must be ≥ 1.")
+      check(not bad, f"{name('cross_attention_resolutions')}={tuple(self.cross_attention_resolutions)} "
+            f"contains {bad}, which no level has; the feature-map sizes are {sizes}.")
+      check(self.vocab_size >= 4 and self.max_tokens >= 2,
+            f"{name('vocab_size')}={self.vocab_size} must be ≥ 4 and {name('max_tokens')}="
+            f"{self.max_tokens} ≥ 2 for a text model.")
+      check(self.text_layers >= 1 and self.text_heads >= 1 and self.text_dim % self.text_heads == 0,
+            f"{name('text_dim')}={self.text_dim} must be divisible by {name('text_heads')}="
+            f"{self.text_heads}, and {name('text_layers')}={self.text_layers} ≥ 1.")
 
 
 def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
