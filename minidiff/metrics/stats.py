@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 MINUS = "\u2212"  # The minus sign used by the report formatters.
-_EXACT_MCNEMAR_MAX_N = 20_000  # Above this many discordant pairs the binomial tail is summed in log space.
+_EXACT_MCNEMAR_MAX_N = 20_000  # Above this many discordant pairs, sum the binomial tail in log space.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +200,7 @@ def mcnemar_exact(b: int, c: int) -> float:
 def _as_outcomes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   a, b = np.asarray(a), np.asarray(b)
   if a.ndim != 1 or a.shape != b.shape:
-    raise ValueError(f"Paired outcomes must be 1-D arrays of one shape; got {a.shape} and {b.shape}.")
+    raise ValueError(f"Paired outcomes must be 1-D arrays of one shape; got {a.shape}, {b.shape}.")
   for name, x in (("a", a), ("b", b)):
     if x.dtype != bool and not np.isin(x, (0, 1)).all():
       raise ValueError(f"Outcomes {name} must be boolean (or 0/1); got dtype {x.dtype}.")
@@ -228,7 +228,8 @@ def _newcombe_paired(both: int, only_a: int, only_b: int, neither: int,
   return Interval(max(-1.0, diff - lower), min(1.0, diff + upper))
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray, *, confidence: float = 0.95) -> PairedDifference:
+def paired_difference(a: np.ndarray, b: np.ndarray, *,
+                      confidence: float = 0.95) -> PairedDifference:
   """rate_b − rate_a for paired boolean outcomes, with interval and exact McNemar p-value.
 
   The interval is Newcombe's hybrid score interval for paired proportions (Newcombe 1998, "Improved
@@ -340,7 +341,8 @@ def bootstrap_interval(statistic: Callable[..., float], *arrays: np.ndarray,
     replicates[r] = float(statistic(*(x[rows] for x in arrays)))
   alpha = (1.0 - confidence) / 2.0
   low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
-  return BootstrapResult(estimate=float(statistic(*arrays)), interval=Interval(float(low), float(high)),
+  return BootstrapResult(estimate=float(statistic(*arrays)),
+                         interval=Interval(float(low), float(high)),
                          standard_error=float(np.std(replicates, ddof=1)),
                          num_resamples=num_resamples, confidence=confidence)
 
