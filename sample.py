@@ -1,15 +1,20 @@
-"""Samples a trained run with one or more guidance strategies; with several, runs the memorization study.
+"""Samples trained runs with guidance arms on shared noises and runs the memorization study.
 
-  python sample.py --workdir runs/mnist_dup --guidance dynamic --num 100 [--classes 3,7]
-      [--steps 50 --eta 0 --seed 0] [--set w_post=5] [--guidance cfg,static:tau=600,opposite]
-  python sample.py --workdir runs/mnist_text --prompt "a handwritten seven" [--prompts FILE]
-      [--guidance cfg,cfg+random_tokens:k=4]   (text runs; "+perturbation" specs as in minidiff.study.perturbation)
+  python sample.py --workdir runs/mnist_dup                       # the config's study (config.study)
+  python sample.py --workdir runs/mnist_dup --guidance 'cfg:w=1,3,7.5,static:tau=300:700:100'
+  python sample.py --workdirs runs/s0,runs/s1,runs/s2 --outdir docs/results/x   # pool training seeds
+  python sample.py --workdir runs/mnist_text --guidance cfg,cfg+random_tokens:k=4 [--prompt "..."]
+
+Results land in --outdir (default WORKDIR/study); a folder that holds another study is never
+overwritten (a new `_2` folder is used), the same study resumes. Regenerate a report from its
+results.json with `python -m minidiff.study.report DIR/results.json`.
 """
 from minidiff import runtime
 
 runtime.configure_cpu()  # before JAX is imported
 
 import logging  # noqa: E402
+import sys  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
@@ -17,13 +22,20 @@ from absl import logging as absl_logging  # noqa: E402
 from minidiff.study import engine  # noqa: E402
 
 flags.DEFINE_string("workdir", "runs/mnist_dup", "Training workdir (config.json + checkpoints).")
-flags.DEFINE_string("guidance", None, "Comma-separated specs name[:param=value...] (default: the "
-                    "config's study list); "
-                    "names: none, conditional, cfg, static, opposite, dynamic, dynamic_opposite, "
-                    "interval, linear, cosine.")
+flags.DEFINE_list("workdirs", [], "Several training seeds of one config, pooled (overrides --workdir).")
+flags.DEFINE_string("guidance", None, "Comma-separated arms name[:param=value...] (default: the "
+                    "config's study list); a parameter may sweep a list (w=1,3,7.5) or an inclusive "
+                    "range (tau=200:800:100); names: none, conditional, cfg, static, opposite, "
+                    "dynamic, dynamic_opposite, interval, linear, cosine; text runs may add "
+                    "+embedding_noise:lam=.., +random_tokens:k=.., +repeat_words:k=.., "
+                    "+random_numbers:k=..")
 flags.DEFINE_multi_string("set", [], "param=value applied to every strategy that has the param.")
-flags.DEFINE_integer("num", None, "Samples per strategy (default: config.study.num_samples).")
-flags.DEFINE_list("classes", [], "Requested classes, cycled (default: all).")
+flags.DEFINE_string("baseline", None, "The arm every arm is paired with (default: the cfg arm of "
+                    "largest w).")
+flags.DEFINE_integer("num", None, "Samples per arm and seed (default: config.study.num_samples).")
+flags.DEFINE_list("classes", [], "Requested classes, cycled (default: half memorized classes, half "
+                  "the others).")
+flags.DEFINE_float("memorized_share", 0.5, "Class studies: share of samples on memorized classes.")
 flags.DEFINE_multi_string("prompt", [], "Text runs: a prompt (repeatable), cycled over the samples "
                           "(default: the study's memorized and class prompts).")
 flags.DEFINE_string("prompts", None, "Text runs: a file with one prompt per line (# comments skipped).")
@@ -34,8 +46,7 @@ flags.DEFINE_string("spacing", None, "uniform, trailing or linspace (default: co
 flags.DEFINE_integer("seed", 0, "Seed of the initial noises and sampler keys.")
 flags.DEFINE_integer("batch", 200, "Samples per jitted call.")
 flags.DEFINE_list("x0_steps", [], "Step indices whose x̂₀ is recorded in the .npz (e.g. 0,10,-1).")
-flags.DEFINE_bool("study", None, "Run the memorization study (default: when several strategies).")
-flags.DEFINE_string("outdir", None, "Output folder (default: WORKDIR/samples, or WORKDIR/study).")
+flags.DEFINE_string("outdir", None, "Study folder (default: WORKDIR/study).")
 FLAGS = flags.FLAGS
 
 
@@ -49,16 +60,31 @@ def _prompts() -> tuple[str, ...]:
   return tuple(prompts)
 
 
+def _ints(values: list[str], flag: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(v) for v in values)
+  except ValueError:
+    raise ValueError(f"--{flag}={','.join(values)}: expected comma-separated integers, "
+                     f"e.g. --{flag}=3,7.") from None
+
+
 def main(argv):
   del argv
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("minidiff").setLevel(logging.INFO)
-  engine.sample_and_study(
-      FLAGS.workdir, FLAGS.guidance, overrides=dict(s.split("=", 1) for s in FLAGS.set),
-      num=FLAGS.num, classes=tuple(int(c) for c in FLAGS.classes), num_steps=FLAGS.steps,
-      eta=FLAGS.eta, sampler=FLAGS.sampler, spacing=FLAGS.spacing, seed=FLAGS.seed,
-      batch=FLAGS.batch, study=FLAGS.study, outdir=FLAGS.outdir,
-      x0_steps=tuple(int(k) for k in FLAGS.x0_steps), prompts=_prompts())
+  try:
+    engine.sample_and_study(
+        FLAGS.workdirs or [FLAGS.workdir], FLAGS.guidance,
+        overrides=dict(s.split("=", 1) for s in FLAGS.set), num=FLAGS.num,
+        classes=_ints(FLAGS.classes, "classes"), prompts=_prompts(), num_steps=FLAGS.steps,
+        eta=FLAGS.eta, sampler=FLAGS.sampler, spacing=FLAGS.spacing, seed=FLAGS.seed,
+        batch=FLAGS.batch, x0_steps=_ints(FLAGS.x0_steps, "x0_steps"), baseline=FLAGS.baseline,
+        memorized_share=FLAGS.memorized_share, outdir=FLAGS.outdir,
+        command="python " + " ".join(sys.argv))
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from minidiff.nn.unet import UNetConfig
 RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.max_to_keep",
                     "data.data_dir", "sample", "study", "parallel")
 # Fields added after runs were saved: a saved config without them had these values.
-ADDED_FIELD_DEFAULTS = {"model.compute_dtype": "float32"}
+ADDED_FIELD_DEFAULTS = {"model.compute_dtype": "float32", "data.n_unique_per_duplicated_class": 0}
 
 
 REQUIRED = object()  # a field without a default: a config must set it
@@ -76,6 +76,7 @@ class DataSection:
   dup_factor: int = _field(int)
   dup_fraction: float = _field(float)
   duplicated_classes: tuple = _field(tuple)
+  n_unique_per_duplicated_class: int = _at_least(0, note=" (0: n_unique_per_class)", default=0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -279,7 +280,8 @@ def duplication_spec(config: ml_collections.ConfigDict | Config) -> DuplicationS
   return DuplicationSpec(
       n_unique_per_class=d.n_unique_per_class, num_duplicated_per_class=d.num_duplicated_per_class,
       dup_factor=d.dup_factor, dup_fraction=d.dup_fraction,
-      duplicated_classes=d.duplicated_classes or None, seed=c.seed)
+      duplicated_classes=d.duplicated_classes or None, seed=c.seed,
+      n_unique_per_duplicated_class=d.n_unique_per_duplicated_class)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> Config:
@@ -346,7 +348,8 @@ def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
   return out
 
 
-def _resumable(key: str) -> bool:
+def is_resumable(key: str) -> bool:
+  """Whether `key` (e.g. 'train.steps') may differ when a run is resumed (RESUMABLE_FIELDS)."""
   return any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS)
 
 
@@ -363,7 +366,7 @@ def check_or_write_workdir_config(config: ml_collections.ConfigDict, workdir: st
     with open(path) as f:
       old = json.load(f)
     a, b = {**ADDED_FIELD_DEFAULTS, **flatten(old)}, flatten(new)
-    diffs = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not _resumable(k))
+    diffs = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not is_resumable(k))
     if diffs:
       lines = "\n".join(f"  {k}: saved {a.get(k)!r} → given {b.get(k)!r}" for k in diffs)
       raise ValueError(

@@ -36,6 +36,18 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_run_seed1(tmp_path_factory):
+  """The tiny run's config at seed 1: a second training seed for the pooled study tests."""
+  from configs import tiny
+  from minidiff.train import trainer
+  config = tiny.get_config()
+  config.seed = 1
+  workdir = str(tmp_path_factory.mktemp("tiny_run_seed1"))
+  trainer.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="session")
 def tiny_text_run(tmp_path_factory):
   """A workdir with the tiny text model trained to copy its one captioned image (the only text
   training in the suite; shared by the text tests)."""

@@ -1,21 +1,7 @@
 """The memorization–alignment frontier (minidiff.study.frontier) on constructed tables."""
-import importlib.util
-import os
-import sys
-
 import pytest
 
-try:
-  from minidiff.study import frontier
-except ImportError:
-  # Until the package reorganisation moves minidiff/study.py into minidiff/study/, the module
-  # study.py shadows the directory; load the file directly.
-  _PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "minidiff",
-                       "study", "frontier.py")
-  _SPEC = importlib.util.spec_from_file_location("minidiff_study_frontier", _PATH)
-  frontier = importlib.util.module_from_spec(_SPEC)
-  sys.modules[_SPEC.name] = frontier
-  _SPEC.loader.exec_module(frontier)
+from minidiff.study import frontier
 
 ArmPoint = frontier.ArmPoint
 

@@ -153,3 +153,14 @@ def test_analyse_samples_bad_input():
     mem.analyse_samples(unique[:2], unique, np.zeros(9, bool))
   with pytest.raises(ValueError, match="at least 2"):
     mem.analyse_samples(unique[:2], unique[:1], np.zeros(1, bool))
+
+
+def test_near_duplicates_in_the_reference_are_found_and_warned(caplog):
+  rng = np.random.default_rng(3)
+  unique = rng.uniform(-1, 1, (6, 4, 4, 1)).astype(np.float32)
+  assert mem.near_duplicates(unique).shape == (0, 2)
+  unique[4] = unique[1] + 1e-3  # a near copy of image 1: the ratio test could not see copies of it
+  with caplog.at_level("WARNING"):
+    pairs = mem.near_duplicates(unique)
+  np.testing.assert_array_equal(pairs, [[1, 4]])
+  assert "1 near-duplicate pair" in caplog.text

@@ -378,3 +378,85 @@ def make_sampler(
     return sample(eps_fn, schedule, x_T, cond, null_cond, key, **options)
 
   return run
+
+
+def sample_switch_family(
+    eps_fn: EpsFn,
+    schedule: NoiseSchedule,
+    x_T: jax.Array,  # noqa: N803
+    cond: PyTree,
+    null_cond: PyTree,
+    key: jax.Array,
+    *,
+    w_pre: float,
+    w_post: float,
+    switch_steps: jax.Array,
+    sampler: str = "ddim",
+    num_steps: int = 50,
+    eta: float = 0.0,
+    spacing: str = "uniform",
+    clip_x0: bool = True,
+) -> tuple[jax.Array, Diagnostics]:
+  """Static-transition arms that differ only in τ, sharing their common start (one prefix pass).
+
+  Arm a is `StaticTransition(w_pre, τ_a, w_post)` with switch step k_a = the first k with t_k ≤ τ_a
+  (`switch_step`). Every arm follows the same trajectory under w_pre until its own k_a, so the
+  prefix is sampled once (steps 0 … max k_a − 1, recording x_t before every step) and each arm
+  continues from its snapshot x_{k_a} under w_post with the keys of the full run (key k at step k).
+  The result equals running each arm on its own (same noises, same keys), up to float reassociation
+  when w_pre ∈ {0, 1} lets the prefix skip a branch.
+
+  Args:
+    eps_fn, schedule, x_T, cond, null_cond, key, sampler, num_steps, eta, spacing, clip_x0: as in
+      `sample`.
+    w_pre: guidance weight before the switch (0 = delayed CFG, −s = opposite guidance).
+    w_post: guidance weight from the switch on.
+    switch_steps: int32 [A] switch step of each arm, each in [0, S].
+
+  Returns:
+    (x₀ [A, B, H, W, C], Diagnostics with a leading arm axis on d_eps, d_x0, w [A, S, B],
+    transition_step [A, B] and x0 [A, 0, B, H, W, C] (no x̂₀ snapshots)).
+  """
+  pre = _plan(schedule, guidance.Constant(w=w_pre), sampler, num_steps, eta, spacing, (), False)
+  post = _plan(schedule, guidance.Constant(w=w_post), sampler, num_steps, eta, spacing, (), True)
+  _check_conds(post, cond, null_cond)
+  S = len(pre.grid)  # noqa: N806
+  ks, ts, t_prevs, keys, _ = _scan_data(pre, key)
+  B = x_T.shape[0]  # noqa: N806
+  switch_steps = jnp.asarray(switch_steps, jnp.int32)
+  nan = jnp.full((S, B), jnp.nan, x_T.dtype)
+
+  def segment(plan, k_start, k_stop, x, record, xs_buf):
+    def body(k, carry):
+      x_t, (d_eps, d_x0, w), xs = carry
+      xs = None if xs is None else xs.at[k].set(x_t)  # x_t before step k (the arms' snapshots)
+      x_prev, _, _, (de, dx, wk) = _guided_step(
+          plan, eps_fn, schedule, cond, null_cond, eta, clip_x0, x_t,
+          plan.strategy.init_state(B), ks[k], ts[k], t_prevs[k], keys[k])
+      return x_prev, (d_eps.at[k].set(de), d_x0.at[k].set(dx), w.at[k].set(wk)), xs
+    return jax.lax.fori_loop(k_start, k_stop, body, (x, record, xs_buf))
+
+  # The shared start: w_pre up to the last arm's switch, x_t kept before every step.
+  xs_buf = jnp.zeros((S + 1,) + x_T.shape, x_T.dtype)
+  x_last, pre_record, xs_buf = segment(pre, 0, jnp.max(switch_steps), x_T, (nan, nan, nan), xs_buf)
+  xs_buf = xs_buf.at[jnp.max(switch_steps)].set(x_last)
+
+  def arm(k_a):
+    # Each arm: from its snapshot x_{k_a}, w_post to the end (steps ≥ k_a of the prefix record
+    # are overwritten; steps < k_a keep w_pre's record).
+    mask = (jnp.arange(S) < k_a)[:, None]
+    record = tuple(jnp.where(mask, r, jnp.nan) for r in pre_record)
+    x0, record, _ = segment(post, k_a, S, xs_buf[k_a], record, None)
+    return x0, record
+
+  x0, (d_eps, d_x0, w) = jax.lax.map(arm, switch_steps)
+  transition = jnp.where(switch_steps < S, switch_steps, -1)
+  return x0, Diagnostics(t=jnp.asarray(pre.grid), d_eps=d_eps, d_x0=d_x0, w=w,
+                          transition_step=jnp.broadcast_to(transition[:, None], (len(switch_steps), B)),
+                          x0=jnp.zeros((len(switch_steps), 0) + x_T.shape, x_T.dtype))
+
+
+def switch_step(grid: np.ndarray, tau: int) -> int:
+  """The step k at which a static transition at τ switches: the first k with t_k ≤ τ (S if none)."""
+  after = np.flatnonzero(np.asarray(grid) <= tau)
+  return int(after[0]) if len(after) else len(grid)

@@ -6,15 +6,118 @@ Parsing checks names, parameters and ranges and builds the strategies (minidiff.
 the perturbation parameters; it runs nothing. The perturbations themselves (inserting words,
 drawing the embedding noise) are minidiff.study.perturbation's. A leaf of the core: the config
 layer validates `config.study.guidance` with it.
+
+Sweeps: a parameter may carry a list or an inclusive range, each combination one arm:
+`cfg:w=1,2,3` (3 arms), `static:tau=200:800:100` (7), `opposite:tau=400,500:s=1,2` (4). In a
+comma-separated list a piece that starts with a number continues the previous parameter's list.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from typing import Sequence
 
 from minidiff.core import guidance
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _is_number(s: str) -> bool:
+  return bool(_NUMBER.match(s.strip()))
+
+
+def _fmt(v: float) -> str:
+  return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def _range(lo: str, hi: str, step: str, where: str) -> list[str]:
+  a, b, d = float(lo), float(hi), float(step)
+  if d <= 0 or b < a:
+    raise ValueError(f"Sweep {where!r}: a range lo:hi:step needs step > 0 and hi ≥ lo, "
+                     f"got {lo}:{hi}:{step}.")
+  n = int(round((b - a) / d))
+  if abs(a + n * d - b) > 1e-9 * max(1.0, abs(b)):
+    raise ValueError(f"Sweep {where!r}: {lo}:{hi}:{step} does not reach hi={hi} in whole steps.")
+  return [_fmt(a + i * d) for i in range(n + 1)]
+
+
+def _parse_part(part: str, where: str) -> tuple[str, list[tuple[str, list[str]]]]:
+  """'static:tau=200:800:100:w_post=3' → ('static', [('tau', [200 … 800]), ('w_post', ['3'])])."""
+  name, *rest = part.split(":")
+  params: list[tuple[str, list[str]]] = []
+  numbers: list[str] = []  # bare numbers after a param=value: a range lo:hi:step
+  def close():
+    if numbers:
+      key, values = params[-1]
+      if len(values) != 1 or len(numbers) != 2:
+        raise ValueError(f"Spec {where!r}: a range is param=lo:hi:step (three numbers), got "
+                         f"{key}={':'.join(values + numbers)}.")
+      params[-1] = (key, _range(values[0], *numbers, where))
+      numbers.clear()
+  for piece in rest:
+    if "=" in piece:
+      close()
+      key, value = piece.split("=", 1)
+      params.append((key, [v for v in value.split(",")]))
+    elif _is_number(piece) and params:
+      numbers.append(piece)
+    else:
+      raise ValueError(f"Spec {where!r}: expected param=value, got {piece!r}.")
+  close()
+  return name, params
+
+
+def _join(name: str, params: list[tuple[str, str]]) -> str:
+  return ":".join([name] + [f"{k}={v}" for k, v in params])
+
+
+def split_specs(text: str) -> list[str]:
+  """Splits a comma-separated list of (sweep) specs; a piece starting with a number continues the
+  previous spec's last parameter list (`cfg:w=1,3,static` → ['cfg:w=1,3', 'static'])."""
+  specs: list[str] = []
+  for piece in (p.strip() for p in text.split(",")):
+    if not piece:
+      continue
+    if _is_number(piece.split(":", 1)[0]) and specs:
+      specs[-1] += "," + piece
+    elif _is_number(piece.split(":", 1)[0]):
+      raise ValueError(f"Guidance list {text!r} starts with a number ({piece!r}); start with a "
+                       f"strategy name, e.g. cfg:w={piece}.")
+    else:
+      specs.append(piece)
+  return specs
+
+
+def expand_spec(spec: str) -> list[str]:
+  """All arms of one (sweep) spec, in order: the first parameter varies slowest."""
+  parts = []
+  for part in spec.split("+"):
+    name, params = _parse_part(part.strip(), spec)
+    for key, values in params:
+      if any(not v.strip() for v in values):
+        raise ValueError(f"Spec {spec!r}: empty value in {key}={','.join(values)}.")
+    parts.append((name, params))
+  lists = [v for _, params in parts for _, v in params]
+  arms = []
+  for combo in itertools.product(*lists):
+    chosen = iter(combo)
+    pieces = []
+    for name, params in parts:
+      pieces.append(_join(name, [(k, next(chosen)) for k, _ in params]))
+    arms.append("+".join(pieces))
+  return arms
+
+
+def expand_specs(text: str) -> list[str]:
+  """Every arm of a comma-separated list of sweep specs, duplicates refused."""
+  arms = [arm for spec in split_specs(text) for arm in expand_spec(spec)]
+  seen = set()
+  dups = [a for a in arms if a in seen or seen.add(a)]
+  if dups:
+    raise ValueError(f"Guidance arms repeat: {sorted(set(dups))}; give each arm once.")
+  return arms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +132,11 @@ class GuidanceSpec:
 
 
 def _split(specs: str | Sequence[str]) -> list[str]:
-  return [s.strip() for s in (specs.split(",") if isinstance(specs, str) else specs) if s.strip()]
+  """Every arm of the specs: a string is a comma-separated list of (sweep) specs; each item of a
+  sequence is one (sweep) spec."""
+  if isinstance(specs, str):
+    return expand_specs(specs)
+  return [arm for item in specs if item.strip() for arm in expand_spec(item.strip())]
 
 
 def parse_guidance(specs: str | Sequence[str], *, T: int, overrides: dict[str, str] | None = None  # noqa: N803

@@ -31,6 +31,7 @@ class DuplicationSpec:
   dup_fraction: float = 0.0
   duplicated_classes: tuple[int, ...] | None = None
   seed: int = 0
+  n_unique_per_duplicated_class: int = 0  # 0: n_unique_per_class; fewer makes the duplicate a larger share of its class
 
   def validate(self, num_classes: int) -> None:
     """Raises ValueError for settings that make no sense."""
@@ -41,6 +42,11 @@ class DuplicationSpec:
     if self.num_duplicated_per_class < 0 or self.num_duplicated_per_class > self.n_unique_per_class:
       raise ValueError(f"num_duplicated_per_class={self.num_duplicated_per_class} must lie in "
                        f"[0, n_unique_per_class={self.n_unique_per_class}].")
+    if self.n_unique_per_duplicated_class < 0 or (
+        0 < self.n_unique_per_duplicated_class < self.num_duplicated_per_class):
+      raise ValueError(f"n_unique_per_duplicated_class={self.n_unique_per_duplicated_class} must be 0 "
+                       f"(same as n_unique_per_class) or ≥ num_duplicated_per_class="
+                       f"{self.num_duplicated_per_class}.")
     if not 0.0 <= self.dup_fraction <= 1.0:
       raise ValueError(f"dup_fraction={self.dup_fraction} must lie in [0, 1].")
     if self.dup_fraction > 0 and self.num_duplicated_per_class > 0:
@@ -123,15 +129,18 @@ def build_duplicated_subset(source: Dataset, spec: DuplicationSpec) -> Duplicate
                     else spec.duplicated_classes)
   for c in range(source.num_classes):
     members = np.flatnonzero(source.labels == c)
-    if len(members) < spec.n_unique_per_class:
+    n_c = spec.n_unique_per_class
+    if c in dup_classes and spec.n_unique_per_duplicated_class > 0:
+      n_c = spec.n_unique_per_duplicated_class
+    if len(members) < n_c:
       raise ValueError(f"Class {c} of {source.name} has {len(members)} images; "
-                       f"n_unique_per_class={spec.n_unique_per_class} is too many.")
-    chosen = rng.choice(members, spec.n_unique_per_class, replace=False)
-    flags = np.zeros(spec.n_unique_per_class, bool)
+                       f"n_unique_per_class={n_c} is too many.")
+    chosen = rng.choice(members, n_c, replace=False)
+    flags = np.zeros(n_c, bool)
     if c in dup_classes:
       flags[: spec.num_duplicated_per_class] = True  # `chosen` is already a random order
     source_index.append(chosen)
-    labels.append(np.full(spec.n_unique_per_class, c, np.int32))
+    labels.append(np.full(n_c, c, np.int32))
     dup.append(flags)
   source_index, labels, dup = map(np.concatenate, (source_index, labels, dup))
   if spec.dup_fraction > 0:

@@ -77,7 +77,7 @@ class TrainSettings:
   max_shift: int = 1
   width: int = 16
   feature_dim: int = 128
-  n_heldout: int = 1000
+  n_heldout: int = 1500  # enough held-out images that ~half stay clean of a diffusion training set
 
 
 def stratified_split(labels: np.ndarray, *, n_heldout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,6 +191,7 @@ class Classifier:
   heldout_accuracy: float
   metadata: dict[str, Any]
   batch_size: int = 500
+  heldout_index: np.ndarray | None = None  # [n_heldout] indices of the held-out images in the dataset
 
   def __post_init__(self):
     graphdef, params = nnx.split(self.model)
@@ -238,9 +239,16 @@ def default_cache_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get("MINIDIFF_CACHE", "~/.cache/minidiff")).expanduser()
 
 
+def compute_identity() -> dict[str, str]:
+  """What besides the data and settings changes the trained weights: the jax version, the backend
+  and the XLA flags (on this CPU, Eigen vs YNNPACK convolutions give other weights from one seed)."""
+  return dict(jax=jax.__version__, backend=jax.default_backend(),
+              xla_flags=os.environ.get("XLA_FLAGS", ""), minidiff_cpu=os.environ.get("MINIDIFF_CPU", ""))
+
+
 def _cache_path(cache_dir: pathlib.Path, dataset: str, resolution: int, seed: int,
                 settings: TrainSettings) -> pathlib.Path:
-  blob = json.dumps([_FORMAT_VERSION, dataclasses.asdict(settings)], sort_keys=True)
+  blob = json.dumps([_FORMAT_VERSION, dataclasses.asdict(settings), compute_identity()], sort_keys=True)
   digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
   return cache_dir / "classifier" / f"{dataset}-r{resolution}-seed{seed}-{digest}"
 
@@ -296,7 +304,7 @@ def load_or_train_classifier(*, resolution: int, cache_dir: str | os.PathLike | 
     logger.info("Trained classifier in %.1f s, held-out accuracy %.4f; saved to %s.",
                 seconds, accuracy, path)
   return Classifier(model, resolution, heldout_images, heldout_labels,
-                    float(meta["heldout_accuracy"]), meta)
+                    float(meta["heldout_accuracy"]), meta, heldout_index=heldout_idx)
 
 
 def class_accuracy(classifier: Classifier, samples: np.ndarray, requested_labels: np.ndarray) -> float:
@@ -317,3 +325,25 @@ def frechet_to_heldout(classifier: Classifier, samples: np.ndarray) -> tuple[flo
   reference_features = classifier.features(classifier.heldout_images)
   distance = frechet.frechet_distance(sample_features, reference_features)
   return distance, int(sample_features.shape[0]), int(reference_features.shape[0])
+
+
+def clean_reference(classifier: Classifier, *, exclude: np.ndarray, seed: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Features of the held-out images that are not in `exclude` (e.g. the diffusion model's
+  training images, as dataset indices), split at random into two disjoint halves:
+  (reference [R, F], floor pool [P, F]). Samples are scored against the reference; the pool gives
+  the FD of real images at the same n (the floor below which FD differences mean nothing).
+
+  Raises ValueError when fewer than 20 clean held-out images remain.
+  """
+  if classifier.heldout_index is None:
+    raise ValueError("This classifier does not know its held-out indices; load it with "
+                     "load_or_train_classifier.")
+  clean = np.flatnonzero(~np.isin(classifier.heldout_index, np.asarray(exclude)))
+  if len(clean) < 20:
+    raise ValueError(f"Only {len(clean)} held-out images are not in the diffusion training set; "
+                     f"raise TrainSettings.n_heldout.")
+  order = np.random.default_rng(seed).permutation(clean)
+  half = len(order) // 2
+  features = classifier.features(classifier.heldout_images[order])
+  return features[:half], features[half:]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from typing import Any
 
 import jax
@@ -33,6 +34,7 @@ CARLINI_ALPHA = 0.5
 CARLINI_THRESHOLDS = (0.5, 1.0)
 SIMILARITY_THRESHOLD = 0.5
 SIMILARITY_PERCENTILE = 95.0
+log = logging.getLogger(__name__)
 _EXTRA_CANDIDATES = 16  # Candidates re-ranked by exact distance beyond the k requested.
 
 
@@ -191,6 +193,32 @@ class MemorizationResult:
   ratio_threshold: float
   carlini_n: int
   carlini_alpha: float
+
+
+def near_duplicates(unique_images: np.ndarray, *, threshold: float = RATIO_THRESHOLD,
+                    warn: bool = True) -> np.ndarray:
+  """Pairs (u, v) of reference images where v passes the ratio test as a copy of u.
+
+  Such a pair hides copies: a sample close to u has v almost as close, so its ratio
+  ‖x−NN₁‖/‖x−NN₂‖ stays near 1 and the test misses it (a 1e-3 perturbation of a training image
+  is enough). With `warn`, logs how many pairs there are and the first few.
+
+  Returns:
+    int [P, 2] pairs with u < v, sorted.
+  """
+  n = np.shape(unique_images)[0]
+  if n < 3:
+    return np.zeros((0, 2), np.int64)
+  dist, idx = nearest_neighbours(unique_images, unique_images, k=3)  # the first is the image itself
+  ratio = distance_ratio(dist[:, 1:3])
+  hits = np.flatnonzero(ratio < threshold)
+  pairs = np.unique(np.sort(np.stack([hits, idx[hits, 1]], axis=1), axis=1), axis=0).astype(np.int64)
+  if warn and len(pairs):
+    log.warning("The memorization reference holds %d near-duplicate pair(s) (one passes the ratio "
+                "test as a copy of the other), e.g. %s: copies of these images can be missed. "
+                "De-duplicate near-identical images in the training set.", len(pairs),
+                pairs[:5].tolist())
+  return pairs
 
 
 def _check_unique(unique_images: np.ndarray, is_duplicated: np.ndarray) -> np.ndarray:

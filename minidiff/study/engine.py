@@ -1,237 +1,308 @@
-"""The sampling job and the memorization study (sample.py's logic).
+"""The study engine: every arm on the same noises and conditions, over one or several training seeds.
 
-Every strategy sees the same initial noises, classes and sampler keys. With several strategies the
-study measures, per strategy, memorization (ratio test, Carlini, similarity) against the
-de-duplicated training set, alignment and quality with the evaluation classifier, the transition
-steps and d_t detection AUCs, and writes study/results.json and study/report.md with figures.
+  run_study(["runs/mnist_dup"], "none,conditional,cfg:w=1.5,3,7.5,static:tau=200:800:100")
+
+For each workdir (same config, different `seed`): load its EMA model, build the condition set
+(class or text), sample every arm on the shared initial noises and keys (static transitions that
+differ only in τ share their start), measure every registered metric per sample, and keep the
+per-sample flags. `minidiff.study.summary` then pairs each arm with the baseline arm, pools the
+seeds and extracts the memorization–alignment frontier; `minidiff.study.report` writes report.md.
+Results land in their own folder and are never overwritten: a folder holding another study gets
+a new name; the same study resumes from the arms it has already sampled.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
 from minidiff import config as config_lib
-from minidiff.core import specs as specs_lib
+from minidiff.data import tokenizer as tokenizer_lib
+from minidiff.data.duplication import Manifest
 from minidiff.metrics import classifier as classifier_lib
-from minidiff.metrics import detection, memorization
-from minidiff.study import plots, sampling, text_study
-from minidiff.study.report import format_cell
-from minidiff.train import inputs
+from minidiff.metrics import memorization
+from minidiff.study import arms as arms_lib
+from minidiff.study import conditions as conditions_lib
+from minidiff.study import evaluation, figures, report, sampling, summary
+from minidiff.train import inputs, sharding
 
 log = logging.getLogger(__name__)
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
+CLASSIFIER_SEED = 0  # one evaluator for every training seed of a study
 
 
-def _auc_or_none(scores: np.ndarray, positive: np.ndarray) -> float | None:
-  """AUC of `scores` for `positive` vs the rest; None when either group is empty or d is missing."""
-  if positive.all() or not positive.any() or not np.isfinite(scores).all():
-    return None
-  return detection.auc(scores, positive)
+@dataclasses.dataclass(frozen=True)
+class StudyOptions:
+  """Everything about a study but the workdirs and the arms."""
+
+  sampling: sampling.SamplingOptions
+  memorized_share: float = 0.5  # class studies: share of samples on memorized classes
+  prompts: tuple[str, ...] = ()  # text studies: prompts (default: memorized and class prompts)
+  baseline: str | None = None  # the arm every arm is paired with (default: the largest-w cfg arm)
+  tolerance: float = 0.03  # frontier: alignment within this of the best CFG arm
+  classifier_cache: str | None = None
 
 
-def _rate(mask: np.ndarray, where: np.ndarray) -> float | None:
-  return float(mask[where].mean()) if where.any() else None
+def _check_same_config(configs: Sequence[Any], workdirs: Sequence[str]) -> None:
+  first = config_lib.flatten(configs[0])
+  for c, w in zip(configs[1:], workdirs[1:]):
+    other = config_lib.flatten(c)
+    diffs = sorted(k for k in set(first) | set(other) if k != "seed" and first.get(k) != other.get(k)
+                   and not config_lib.is_resumable(k))
+    if diffs:
+      raise ValueError(f"--workdirs must be training seeds of one config, but {w} differs from "
+                       f"{workdirs[0]} in {', '.join(diffs[:5])}; study them separately.")
 
 
-def evaluate_strategy(result: sampling.SampleResult, *, unique_images: np.ndarray,
-                      is_duplicated: np.ndarray, duplicated_classes: np.ndarray,
-                      classifier: classifier_lib.Classifier | None) -> tuple[dict[str, Any], np.ndarray]:
-  """JSON-ready metrics of one strategy's samples, and the per-sample copy flags."""
-  mem = memorization.analyse_samples(result.samples, unique_images, is_duplicated)
-  summary = memorization.summarize(mem)
-  on_dup = np.isin(result.labels, duplicated_classes)
-  fired = result.transition_step >= 0
-  t_fired = result.t[result.transition_step[fired]] if fired.any() else np.zeros(0)
-  mean_d_eps, mean_d_x0 = result.d_eps.mean(axis=0), result.d_x0.mean(axis=0)
-  row = dict(
-      n_samples=len(result.labels),
-      memorization_rate=summary["memorization_rate"],
-      memorization_rate_duplicated_conditions=_rate(mem.is_copy, on_dup),
-      memorization_rate_other_conditions=_rate(mem.is_copy, ~on_dup),
-      copy_rate_of_duplicated_images=summary["copy_rate_duplicated"],
-      carlini_fraction_below=summary["carlini_fraction_below"],
-      similarity_p95=summary["similarity_at_percentile"],
-      similarity_fraction_above_0_5=summary["similarity_fraction_above"],
-      copies=summary["copies"],
-      transition_fired=float(fired.mean()),
-      transition_t_mean=float(t_fired.mean()) if fired.any() else None,
-      transition_t_std=float(t_fired.std()) if fired.any() else None,
-      auc_mean_d_eps_copies=_auc_or_none(mean_d_eps, mem.is_copy),
-      auc_mean_d_x0_copies=_auc_or_none(mean_d_x0, mem.is_copy),
-      auc_mean_d_eps_duplicated_conditions=_auc_or_none(mean_d_eps, on_dup),
-      auc_mean_d_x0_duplicated_conditions=_auc_or_none(mean_d_x0, on_dup),
-      samples_per_s=result.samples_per_s, compile_s=result.compile_s)
-  if classifier is not None:
-    fd, n_s, n_r = classifier_lib.frechet_to_heldout(classifier, result.samples)
-    row.update(class_accuracy=classifier_lib.class_accuracy(classifier, result.samples, result.labels),
-               frechet_distance=fd, frechet_n_samples=n_s, frechet_n_reference=n_r)
-  return row, mem.is_copy
+def _outdir(requested: str | None, workdirs: Sequence[str], identity: dict) -> str:
+  """The study's folder: the requested / default one, or — if that holds another study — the
+  first free `<folder>_2`, `_3`, … (a study is never overwritten)."""
+  if requested:
+    base = requested
+  elif len(workdirs) == 1:
+    base = os.path.join(workdirs[0], "study")
+  else:
+    base = os.path.join(os.path.dirname(os.path.abspath(workdirs[0])),
+                        os.path.basename(os.path.normpath(workdirs[0])) + "_seeds_study")
+  candidate, n = base, 1
+  while True:
+    path = os.path.join(candidate, "identity.json")
+    if not os.path.exists(candidate) or not os.listdir(candidate):
+      break
+    if os.path.exists(path):
+      with open(path) as f:
+        if json.load(f) == identity:
+          return candidate  # the same study: resume
+    n += 1
+    candidate = f"{base}_{n}"
+  if candidate != base:
+    log.warning("%s holds another study (other arms, options or workdirs); writing to %s instead.",
+                base, candidate)
+  return candidate
 
 
-def write_report(results: dict[str, Any], outdir: str, figures: dict[str, str]) -> str:
-  """study/report.md: the table and the figures (paths relative to outdir)."""
-  rows = results["strategies"]
-  lines = [
-      "# Memorization study", "",
-      f"Workdir `{results['workdir']}`, checkpoint step {results['checkpoint_step']}; "
-      f"{results['n_samples']} samples per strategy from the same initial noises and classes; "
-      f"{results['options']['sampler']}-{results['options']['num_steps']} "
-      f"(η = {results['options']['eta']}, {results['options']['spacing']} spacing).",
-      f"Training set: {results['data']['n_unique']} unique images, duplicated: "
-      f"{results['data']['n_duplicated']} (×{results['data']['dup_factor']}) in classes "
-      f"{results['data']['duplicated_classes']}. Copy = ratio test ‖x−NN₁‖/‖x−NN₂‖ < 1/3 against "
-      f"the de-duplicated set. Class accuracy and Fréchet distance (FD, penultimate features, "
-      f"against {results.get('classifier', {}).get('n_reference', '—')} held-out real images) from "
-      f"the evaluation classifier (held-out accuracy "
-      f"{format_cell(results.get('classifier', {}).get('heldout_accuracy'), True)}).", "",
-      "| strategy | memorized | on dup. classes | on other classes | Carlini < 0.5 | sim. p95 | "
-      "class acc. | FD | transition t (fired) | AUC d̄_ε copies | samples/s |",
-      "|---|---|---|---|---|---|---|---|---|---|---|"]
-  for name, r in rows.items():
-    tr = "—" if r["transition_t_mean"] is None else \
-        f"{r['transition_t_mean']:.0f} ± {r['transition_t_std']:.0f} ({100 * r['transition_fired']:.0f}%)"
-    lines.append(
-        f"| `{name}` | {format_cell(r['memorization_rate'], True)} | "
-        f"{format_cell(r['memorization_rate_duplicated_conditions'], True)} | "
-        f"{format_cell(r['memorization_rate_other_conditions'], True)} | "
-        f"{format_cell(r['carlini_fraction_below'].get('0.5'), True)} | {format_cell(r['similarity_p95'])} | "
-        f"{format_cell(r.get('class_accuracy'), True)} | {format_cell(r.get('frechet_distance'))} | {tr} | "
-        f"{format_cell(r['auc_mean_d_eps_copies'])} | {r['samples_per_s']:.1f} |")
-  lines += ["", "## Figures", ""]
-  for title, path in figures.items():
-    lines += [f"### {title}", "", f"![{title}]({os.path.relpath(path, outdir)})", ""]
-  text = "\n".join(lines) + "\n"
-  path = os.path.join(outdir, "report.md")
-  with open(path, "w") as f:
-    f.write(text)
-  return path
+def run_study(workdirs: Sequence[str], arm_specs: str | Sequence[str] | None = None, *,
+              options: StudyOptions, overrides: dict[str, str] | None = None,
+              outdir: str | None = None, command: str | None = None) -> dict:
+  """Runs the study over `workdirs` (training seeds of one config) and writes its folder.
 
-
-def sample_and_study(workdir: str, guidance_specs: str | Sequence[str] | None = None, *,
-                     overrides: dict[str, str] | None = None, num: int | None = None,
-                     classes: tuple[int, ...] = (), num_steps: int | None = None,
-                     eta: float | None = None, sampler: str | None = None,
-                     spacing: str | None = None, seed: int = 0, batch: int = 200,
-                     study: bool | None = None, outdir: str | None = None,
-                     classifier_cache: str | None = None, x0_steps: tuple[int, ...] = (),
-                     prompts: Sequence[str] = ()) -> dict:
-  """Samples `workdir`'s EMA model with each guidance spec; with several (or study=True) runs the study.
-
-  Defaults for the specs and the sample count come from config.study. All inputs are validated
-  before anything is compiled. Returns results (the study's results.json content when studying).
-  A text-conditioned run samples `prompts` instead of classes (minidiff.study.text_study).
+  Returns the results dict (results.json's content). Everything is validated — configs, arms,
+  sampling options, prompts — before anything is compiled.
   """
-  config = config_lib.load_workdir_config(workdir)
-  if config_lib.is_text(config):
-    if classes:
-      raise ValueError("This run is text-conditioned: give --prompt / --prompts instead of --classes.")
-    return text_study.sample_and_study(
-        workdir, guidance_specs, prompts=prompts, overrides=overrides, num=num, num_steps=num_steps,
-        eta=eta, sampler=sampler, spacing=spacing, seed=seed, batch=batch, study=study, outdir=outdir,
-        classifier_cache=classifier_cache, x0_steps=x0_steps)
-  if prompts:
-    raise ValueError("This run is class-conditional: give --classes, not --prompt / --prompts.")
+  workdirs = list(workdirs)
+  if not workdirs:
+    raise ValueError("No workdir given: pass --workdir W (or --workdirs W1,W2,W3 for seeds).")
+  configs = [config_lib.load_workdir_config(w) for w in workdirs]
+  for c in configs:
+    config_lib.validate_config(c)
+  _check_same_config(configs, workdirs)
+  config = configs[0]
+  text = config_lib.is_text(config)
+  arm_list = arms_lib.parse_arms(arm_specs or config.study.guidance, T=config.diffusion.T,
+                                 overrides=overrides, text_conditions=text)
   num_classes = config_lib.unet_config(config).num_classes
-  guidance_specs = guidance_specs or config.study.guidance
-  specs = specs_lib.parse_guidance(guidance_specs, T=config.diffusion.T, overrides=overrides)
-  num = config.study.num_samples if num is None else num  # --num 0 is an error, not the default
-  options = sampling.options_from_config(config, num=num, classes=tuple(classes), num_steps=num_steps,
-                                         eta=eta, sampler=sampler, spacing=spacing, seed=seed,
-                                         batch=batch, x0_steps=tuple(x0_steps))
-  options.validate(config.diffusion.T, num_classes)
-  study = len(specs) > 1 if study is None else study
-  outdir = outdir or os.path.join(workdir, "study" if study else "samples")
-  config, eps_apply, params, schedule, null_id, step = sampling.load_sampling_model(workdir)
-  shape = (config.data.resolution, config.data.resolution, config.data.channels)
-  x_T, labels, key = sampling.shared_inputs(options, shape=shape, num_classes=num_classes)  # noqa: N806
+  options.sampling.validate(config.diffusion.T, num_classes)
+  baseline = summary.choose_baseline([(a.label, a.family, a.strategy) for a in arm_list],
+                                     options.baseline)
+  identity = dict(version=RESULTS_VERSION, workdirs=[os.path.abspath(w) for w in workdirs],
+                  arms=[a.label for a in arm_list], options=_jsonable(options))
+  outdir = _outdir(outdir, workdirs, identity)
+  os.makedirs(outdir, exist_ok=True)
+  with open(os.path.join(outdir, "identity.json"), "w") as f:
+    json.dump(identity, f, indent=2)
   t_start = time.perf_counter()
-  results = {}
-  for spec in specs:
-    meta = sampling.result_meta(spec, options, step)
-    npz = os.path.join(outdir, f"{spec.slug}.npz")
-    result = sampling.load_result(npz, meta)
-    if result is not None:  # an interrupted study resumes: finished strategies are reused
-      log.info("%s: reusing the samples in %s.", spec.label, npz)
-      results[spec.label] = result
-      continue
-    result = sampling.run_strategy(eps_apply, params, schedule, spec, options, x_T, labels, key,
-                                   null_id=null_id)
-    paths = sampling.save_result(result, spec, outdir, meta)
-    log.info("%s: %d samples in %.1f s (%.1f samples/s; compile %.1f s) → %s", spec.label,
-             len(labels), result.sample_s, result.samples_per_s, result.compile_s, paths["npz"])
-    results[spec.label] = result
-  summary = dict(version=RESULTS_VERSION, workdir=workdir, checkpoint_step=step,
-                 n_samples=len(labels), options=dict(options.__dict__))
-  if not study:
-    summary["strategies"] = {k: dict(samples_per_s=r.samples_per_s, compile_s=r.compile_s,
-                                     transition_fired=float((r.transition_step >= 0).mean()))
-                             for k, r in results.items()}
-    with open(os.path.join(outdir, "sampling.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-    return summary
-  return _study(config, workdir, outdir, specs, results, summary, labels, classifier_cache, t_start)
+  seeds = []
+  for i, workdir in enumerate(workdirs):
+    log.info("Seed %d/%d: %s (config.seed=%d), %d arms × %d samples.", i + 1, len(workdirs),
+             workdir, configs[i].seed, len(arm_list), options.sampling.num)
+    seeds.append(_study_one(workdir, arm_list, options, os.path.join(outdir, f"seed_{i}")))
+  results = dict(version=RESULTS_VERSION, kind="text" if text else "class",
+                 command=command or " ".join(sys.argv), workdirs=workdirs,
+                 options=_jsonable(options), baseline=baseline,
+                 arms=[dict(label=a.label, family=a.family, strategy=repr(a.strategy),
+                            perturbation=repr(a.perturbation) if a.perturbation else None)
+                       for a in arm_list],
+                 metrics={k: m.description for k, m in evaluation.METRICS.items()},
+                 seeds=seeds, wall_s=time.perf_counter() - t_start)
+  results["summary"] = summary.summarize(results, tolerance=options.tolerance)
+  path = os.path.join(outdir, "results.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=1)
+  os.replace(tmp, path)
+  report.write(results, outdir)
+  log.info("Study written to %s (results.json, report.md, figures) in %.0f s.", outdir,
+           time.perf_counter() - t_start)
+  return results
 
 
-def _study(config, workdir, outdir, specs, results, summary, labels, classifier_cache, t_start) -> dict:
-  subset = inputs.load_training_data(config)
-  manifest = subset.manifest
-  is_dup = manifest.is_duplicated
-  dup_classes = np.unique(manifest.label[is_dup])
+def _jsonable(options: StudyOptions) -> dict:
+  d = dataclasses.asdict(options)
+  d.pop("classifier_cache")
+  d["prompts"] = list(d["prompts"])
+  return d
+
+
+def _conditions(config, workdir: str, manifest: Manifest, options: StudyOptions, null_id: int):
+  num = options.sampling.num
+  if config_lib.is_text(config):
+    tokenizer = tokenizer_lib.Tokenizer.load(os.path.join(workdir, tokenizer_lib.FILENAME))
+    unknown = sorted({w for p in set(options.prompts) for w in tokenizer.unknown_words(p)})
+    if unknown:
+      log.warning("Words not in the training vocabulary (encoded as <unk>): %s", ", ".join(unknown))
+    return conditions_lib.prompt_conditions(manifest, tokenizer, dataset=config.data.name, num=num,
+                                            prompts=options.prompts), tokenizer
+  return conditions_lib.class_conditions(
+      manifest, num=num, num_classes=config_lib.unet_config(config).num_classes, null_id=null_id,
+      classes=options.sampling.classes, memorized_share=options.memorized_share), None
+
+
+def _classifier(config, options: StudyOptions):
   try:
-    clf = classifier_lib.load_or_train_classifier(
-        resolution=config.data.resolution, cache_dir=classifier_cache, dataset=config.data.name,
-        seed=config.seed, settings=classifier_lib.TrainSettings(epochs=config.study.get("classifier_epochs", 15)))
+    return classifier_lib.load_or_train_classifier(
+        resolution=config.data.resolution, cache_dir=options.classifier_cache,
+        dataset=config.data.name, seed=CLASSIFIER_SEED,
+        settings=classifier_lib.TrainSettings(epochs=config.study.get("classifier_epochs", 15)))
   except (FileNotFoundError, ValueError) as e:  # e.g. a tfds dataset that is not prepared here
     log.warning("No evaluation classifier (%s): class accuracy and FD are left out.", e)
-    clf = None
-  rows, copies = {}, {}
-  for spec in specs:
-    rows[spec.label], copies[spec.label] = evaluate_strategy(
-        results[spec.label], unique_images=subset.unique_images, is_duplicated=is_dup,
-        duplicated_classes=dup_classes, classifier=clf)
-  summary.update(
-      data=dict(name=config.data.name, resolution=config.data.resolution,
-                n_unique=int(len(is_dup)), n_duplicated=int(is_dup.sum()),
-                dup_factor=int(config.data.dup_factor), duplicated_classes=dup_classes.tolist(),
-                n_train=int(len(manifest.unique_id))),
-      strategies=rows, wall_s=time.perf_counter() - t_start)
+    return None
+
+
+def _study_one(workdir: str, arm_list: Sequence[arms_lib.Arm], options: StudyOptions,
+               outdir: str) -> dict:
+  """One training seed: sample (or reuse) every arm, measure, return the seed's JSON block."""
+  config, eps_apply, params, schedule, null_id, step = sampling.load_sampling_model(workdir)
+  subset = inputs.load_training_data(config)
+  manifest = subset.manifest
+  conditions, tokenizer = _conditions(config, workdir, manifest, options, null_id)
+  shape = (config.data.resolution, config.data.resolution, config.data.channels)
+  x_T, key = sampling.shared_noise(options.sampling, shape=shape)  # noqa: N806
+  run = arms_lib.SamplerRun(eps_apply, params, schedule, options.sampling,
+                            sharding.mesh_from_config(config))
+  arm_conditions = {a.label: conditions_lib.perturb(
+      conditions, a.perturbation, tokenizer=tokenizer, text_dim=config.model.get("text_dim", 0),
+      seed=options.sampling.seed) for a in arm_list}
+  os.makedirs(outdir, exist_ok=True)
+  results: dict[str, sampling.SampleResult] = {}
+  compiled_cache: dict = {}
+  families = arms_lib.switch_families(arm_list, x0_steps=options.sampling.x0_steps)
+  done = 0
+  for family in families:
+    metas = {a.label: sampling.result_meta(a.label, repr(a.strategy), repr(a.perturbation),
+                                        options.sampling, step) for a in family}
+    paths = {a.label: os.path.join(outdir, f"{a.slug}.npz") for a in family}
+    todo = []
+    for a in family:
+      cached = sampling.load_result(paths[a.label], metas[a.label])
+      if cached is None:
+        todo.append(a)
+      else:
+        results[a.label] = cached
+    if todo:
+      t0 = time.perf_counter()
+      if len(todo) > 1:
+        fresh = arms_lib.run_switch_family(run, todo, arm_conditions[todo[0].label], x_T, key)
+      else:
+        fresh = {todo[0].label: arms_lib.run_arm(run, todo[0], arm_conditions[todo[0].label], x_T,
+                                                 key, compiled_cache=compiled_cache)}
+      for a in todo:
+        sampling.save_npz(fresh[a.label], paths[a.label], metas[a.label])
+        results[a.label] = fresh[a.label]
+      log.info("%s: %d samples in %.1f s.", ", ".join(a.label for a in todo),
+               len(conditions) * len(todo), time.perf_counter() - t0)
+    done += len(family)
+    log.info("Arms sampled: %d/%d%s.", done, len(arm_list),
+             f" (reused {len(family) - len(todo)})" if len(todo) < len(family) else "")
+  log.info("Measuring the samples (nearest neighbours, classifier).")
+  clf = _classifier(config, options)
+  reference, pool = (classifier_lib.clean_reference(clf, exclude=manifest.source_index)
+                     if clf is not None else (None, None))
+  near = memorization.near_duplicates(subset.unique_images)
+  ctx = evaluation.Context(conditions, subset.unique_images, manifest.is_duplicated, clf, reference)
+  arms_out = {}
+  for a in arm_list:
+    arms_out[a.label] = _evaluate_arm(ctx, dataclasses.replace(ctx, conditions=arm_conditions[a.label]),
+                                      results[a.label], seed=options.sampling.seed)
+  figs = figures.arm_figures(outdir, arm_list, results, arm_conditions, subset.unique_images,
+                             ctx.conditions, arms_out)
+  ema = config.train.ema_decay
+  seed_block = dict(
+      workdir=workdir, seed=int(config.seed), checkpoint_step=int(step),
+      ema=dict(decay=float(ema), effective_decay=float(min(ema, (1 + step) / (10 + step))),
+               note="EMA decay is min(decay, (1+step)/(10+step)) (warm-up); effective value at "
+                    "the checkpoint step"),
+      data=dict(name=config.data.name, resolution=int(config.data.resolution),
+                n_unique=int(len(manifest.label)), n_duplicated=int(manifest.is_duplicated.sum()),
+                dup_factor=int(config.data.dup_factor), n_train=int(len(manifest.unique_id)),
+                duplicated_ids=manifest.duplicated_ids.tolist(),
+                near_duplicate_pairs=int(len(near)),
+                memorized_classes=conditions_lib.memorized_classes(manifest).tolist()),
+      conditions=conditions.describe(), arms=arms_out, figures=figs)
   if clf is not None:
-    summary["classifier"] = dict(heldout_accuracy=clf.heldout_accuracy,
-                                 n_reference=int(len(clf.heldout_labels)))
-  figures = _figures(outdir, specs, results, copies, labels, dup_classes)
-  with open(os.path.join(outdir, "results.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  write_report(summary, outdir, figures)
-  log.info("Study written to %s (results.json, report.md).", outdir)
-  return summary
+    seed_block["classifier"] = dict(seed=CLASSIFIER_SEED, heldout_accuracy=clf.heldout_accuracy,
+                                    n_heldout=int(len(clf.heldout_labels)))
+    if reference is not None and pool is not None:
+      seed_block["fd_floor"] = evaluation.frechet_floor(pool, reference, n=len(conditions),
+                                                        seed=options.sampling.seed)
+  return seed_block
 
 
-def _figures(outdir, specs, results, copies, labels, dup_classes) -> dict[str, str]:
-  figures = {}
-  for spec in specs:
-    figures[f"samples: {spec.label}"] = os.path.join(outdir, f"{spec.slug}_grid.png")
-  # d_t of memorized vs non-memorized conditions, under the first constant-w CFG strategy.
-  ref = next((s for s in specs if s.label.startswith("cfg")), specs[0])
-  r = results[ref.label]
-  on_dup = np.isin(labels, dup_classes)
-  for measure, d in (("eps", r.d_eps), ("x0", r.d_x0)):
-    path = os.path.join(outdir, f"dt_{measure}_memorized_vs_not.png")
-    plots.plot_d_curves(r.t, d, r.transition_step, path,
-                        title=f"{ref.label}: d_t ({measure}-space)",
-                        ylabel="‖ε_c − ε_u‖₂" if measure == "eps" else "‖x̂₀_c − x̂₀_u‖₂",
-                        groups={"copies": copies[ref.label],
-                                "non-copies, duplicated classes": ~copies[ref.label] & on_dup,
-                                "non-copies, other classes": ~copies[ref.label] & ~on_dup})
-    figures[f"d_t ({measure}-space) of copies vs non-copies under {ref.label}"] = path
-  transitions = {s.label: results[s.label].transition_step for s in specs
-                 if (results[s.label].transition_step >= 0).any()}
-  if transitions:
-    path = os.path.join(outdir, "transition_hist.png")
-    plots.plot_transition_hist(r.t, transitions, path)
-    figures["transition steps"] = path
-  return figures
+def _evaluate_arm(ctx: evaluation.Context, arm_ctx: evaluation.Context,
+                  result: sampling.SampleResult, *, seed: int) -> dict:
+  measured = evaluation.measure(arm_ctx, result.samples)
+  flags = evaluation.flags(arm_ctx, measured)
+  fired = result.transition_step >= 0
+  t_fired = result.t[result.transition_step[fired]] if fired.any() else np.zeros(0)
+  mem = ctx.conditions.groups["memorized"]
+  row = dict(
+      groups=evaluation.group_rates(arm_ctx, flags),
+      flags={k: "".join("1" if v else "0" for v in f) for k, f in flags.items()},
+      nn_index=measured.memorization.nn_index[:, 0].tolist(),
+      transition=dict(fired=float(fired.mean()),
+                      t_mean=float(t_fired.mean()) if fired.any() else None,
+                      t_std=float(t_fired.std()) if fired.any() else None),
+      detection=dict(
+          auc_mean_d_eps_memorized=evaluation.detection_auc(result.d_eps.mean(axis=0), mem),
+          auc_first_d_eps_memorized=evaluation.detection_auc(result.d_eps[0], mem),
+          auc_mean_d_eps_copies=evaluation.detection_auc(result.d_eps.mean(axis=0),
+                                                        measured.memorization.is_copy)),
+      samples_per_s=result.samples_per_s, compile_s=result.compile_s)
+  if measured.features is not None and ctx.fd_reference is not None:
+    row["fd"] = evaluation.frechet_with_interval(measured.features, ctx.fd_reference, seed=seed)
+  return row
+
+
+def sample_and_study(workdirs: Sequence[str], arm_specs: str | None = None, *,
+                     overrides: dict[str, str] | None = None, num: int | None = None,
+                     classes: tuple[int, ...] = (), prompts: Sequence[str] = (),
+                     num_steps: int | None = None, eta: float | None = None,
+                     sampler: str | None = None, spacing: str | None = None, seed: int = 0,
+                     batch: int = 200, x0_steps: tuple[int, ...] = (), baseline: str | None = None,
+                     memorized_share: float = 0.5, tolerance: float = 0.03,
+                     outdir: str | None = None, classifier_cache: str | None = None,
+                     command: str | None = None) -> dict:
+  """sample.py's job: options from the first workdir's config (None = the config's value), then
+  `run_study`. Raises ValueError / FileNotFoundError with one clear line before any compile."""
+  if not workdirs:
+    raise ValueError("No workdir given: pass --workdir W (or --workdirs W1,W2,W3 for seeds).")
+  config = config_lib.load_workdir_config(workdirs[0])
+  text = config_lib.is_text(config)
+  if text and classes:
+    raise ValueError("This run is text-conditioned: give --prompt / --prompts instead of --classes.")
+  if prompts and not text:
+    raise ValueError("This run is class-conditional: give --classes, not --prompt / --prompts.")
+  num = config.study.num_samples if num is None else num  # --num 0 is an error, not the default
+  sampling_options = sampling.options_from_config(
+      config, num=num, classes=tuple(classes), num_steps=num_steps, eta=eta, sampler=sampler,
+      spacing=spacing, seed=seed, batch=batch, x0_steps=tuple(x0_steps))
+  options = StudyOptions(sampling=sampling_options, memorized_share=memorized_share,
+                         prompts=tuple(prompts), baseline=baseline, tolerance=tolerance,
+                         classifier_cache=classifier_cache)
+  return run_study(workdirs, arm_specs, options=options, overrides=overrides, outdir=outdir,
+                   command=command)

@@ -1,11 +1,184 @@
-"""Report tables: how a study's numbers are written into report.md cells (class and text studies)."""
+"""report.md and the frontier plot of a study, written from its results.json alone.
+
+  python -m minidiff.study.report runs/mnist_dup/study/results.json   # regenerate both
+
+The report leads with the frontier table (per family, the least-copying arm at alignment within a
+few points of the best CFG arm, paired against CFG there) and its plot, then every arm's pooled
+rates with intervals and paired tests against the baseline, the per-seed values, detection, and
+the figures.
+"""
 from __future__ import annotations
 
+import json
+import os
+import sys
 from typing import Any
 
+from minidiff.metrics import stats
+from minidiff.study import summary as summary_lib
 
-def format_cell(v: Any, pct: bool = False) -> str:
-  """A report table cell: — for None, a percentage, or 3 significant digits."""
+M = stats.MINUS
+
+
+def cell(v: Any, digits: int = 3) -> str:
+  """A report table cell: — for None, else 3 significant digits."""
   if v is None:
     return "—"
-  return f"{100 * v:.1f}%" if pct else (f"{v:.3g}" if isinstance(v, float) else str(v))
+  return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def pct_ci(r: dict | None) -> str:
+  """'47.0% [40.2, 53.9]' from a {rate, ci} dict."""
+  if not r or r.get("rate") is None:
+    return "—"
+  return f"{100 * r['rate']:.1f}% [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]"
+
+
+def diff_cell(d: dict | None) -> str:
+  """'−22.0 [−29.1, −15.0] p=3e-06' (percentage points) from a paired dict."""
+  if not d:
+    return "—"
+  sign = lambda x: f"{100 * x:+.1f}".replace("-", M)  # noqa: E731
+  return f"{sign(d['diff'])} [{sign(d['ci'][0])}, {sign(d['ci'][1])}] {stats.format_p(d['p'])}"
+
+
+def fd_cell(fd: dict | None) -> str:
+  if not fd:
+    return "—"
+  if len(fd["per_seed"]) == 1:
+    v = fd["per_seed"][0]
+    return f"{v['value']:.1f} [{v['ci'][0]:.1f}, {v['ci'][1]:.1f}]"
+  return f"{fd['mean']:.1f} (mean of {len(fd['per_seed'])})"
+
+
+def seed_cell(r: dict) -> str:
+  if len(r["per_seed"]) < 2:
+    return "—"
+  return f"{100 * r['seed_mean']:.1f} ± {100 * r['seed_std']:.1f}"
+
+
+def render(results: dict) -> str:
+  """The report's Markdown."""
+  s = results["summary"]
+  seeds = results["seeds"]
+  o = results["options"]["sampling"]
+  first = seeds[0]
+  d = first["data"]
+  n_mem, n_other = first["conditions"]["groups"]["memorized"], first["conditions"]["groups"]["other"]
+  fd_floor = [x["fd_floor"] for x in seeds if "fd_floor" in x]
+  runs = ", ".join(f"`{x['workdir']}` seed {x['seed']}, step {x['checkpoint_step']}" for x in seeds)
+  lines = [
+      f"# Memorization study ({results['kind']} conditions)", "",
+      f"Command: `{results['command']}`", "",
+      f"{len(seeds)} training seed(s) ({runs}); "
+      f"{first['conditions']['n']} samples per arm and seed ({n_mem} on memorized conditions, "
+      f"{n_other} on others), every arm from the same initial noises, conditions and keys; "
+      f"{o['sampler']}-{o['num_steps']} (η = {o['eta']}, {o['spacing']} spacing). "
+      f"Training set: {d['n_train']} examples, {d['n_unique']} unique, {d['n_duplicated']} "
+      f"duplicated ×{d['dup_factor']} (memorized classes {d['memorized_classes']}). "
+      f"EMA weights, effective decay {first['ema']['effective_decay']:.4f} at the checkpoint "
+      f"(configured {first['ema']['decay']}; warm-up min(decay, (1+step)/(10+step))).", "",
+      "Copy = ratio test ‖x−NN₁‖/‖x−NN₂‖ < 1/3 against the de-duplicated training set. Alignment = "
+      "class accuracy of a fixed evaluation classifier"
+      + (f" (seed {first['classifier']['seed']}, held-out accuracy "
+         f"{100 * first['classifier']['heldout_accuracy']:.1f}%)" if "classifier" in first else "")
+      + ". Intervals are 95% (Wilson for rates, Newcombe for paired differences, bootstrap for FD); "
+      "p is the exact McNemar test on the same noises; rates pool the seeds' samples.", ""]
+  if fd_floor:
+    f0 = fd_floor[0]
+    lines += [f"FD: penultimate classifier features against {f0['n_reference']} real held-out "
+              f"images the diffusion model never trained on. Floor: {f0['n']} other real images "
+              f"score FD {f0['mean']:.1f} (range {f0['min']:.1f}–{f0['max']:.1f}); differences "
+              f"of that size mean nothing.", ""]
+  fr = s["frontier"]
+  if fr.get("reference"):
+    ref = fr["reference"]
+    lines += [
+        "## Frontier: what copies least at equal alignment", "",
+        f"Reference: the best CFG arm's alignment, `{ref['arm']}` at {100 * ref['alignment']:.1f}%. "
+        f"Per family, the arm with the lowest copy rate on memorized conditions among arms whose "
+        f"alignment is ≥ {100 * (ref['alignment'] - ref['tolerance']):.1f}% "
+        f"(within {100 * ref['tolerance']:.0f} points), paired against CFG's arm at that alignment.", "",
+        "| family | arm | copy, memorized | class acc. | FD | Δcopy vs CFG (pts) | Δacc. vs CFG (pts) |",
+        "|---|---|---|---|---|---|---|"]
+    for row in fr["headline"]:
+      if row["arm"] is None:
+        lines.append(f"| {row['family']} | no arm within {100 * ref['tolerance']:.0f} points | — | — | — | — | — |")
+        continue
+      vs = row.get("vs_cfg", {})
+      lines.append(f"| {row['family']} | `{row['arm']}` | {pct_ci(row['copy'])} | "
+                   f"{pct_ci(row['alignment'])} | {fd_cell(row['fd'])} | {diff_cell(vs.get('copy'))} | "
+                   f"{diff_cell(vs.get('alignment'))} |")
+    lines += ["", "![frontier](frontier.png)", ""]
+  base = s["baseline"]
+  lines += [
+      f"## Every arm (paired against `{base}`)", "",
+      "| arm | family | copy, memorized | seeds mean ± sd | copy, other | copy of named image | "
+      "class acc. | FD | Δcopy (pts) | Δacc. (pts) | transition t (fired) | samples/s |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for a in results["arms"]:
+    label = a["label"]
+    r = s["arms"][label]
+    tr = first["arms"][label]["transition"]
+    trs = "—" if tr["t_mean"] is None else f"{tr['t_mean']:.0f} ± {tr['t_std']:.0f} ({100 * tr['fired']:.0f}%)"
+    speed = sum(x["arms"][label]["samples_per_s"] for x in seeds) / len(seeds)
+    vs = r["vs_baseline"]
+    lines.append(
+        f"| `{label}` | {r['family']} | {pct_ci(r['copy_memorized'])} | {seed_cell(r['copy_memorized'])} | "
+        f"{pct_ci(r['copy_other'])} | {pct_ci(r['copy_target'])} | {pct_ci(r['alignment'])} | "
+        f"{fd_cell(r['fd'])} | {diff_cell(vs['copy']) if label != base else 'baseline'} | "
+        f"{diff_cell(vs['alignment']) if label != base else 'baseline'} | {trs} | {speed:.1f} |")
+  if len(seeds) > 1:
+    lines += ["", "## Per seed: copy on memorized conditions / class accuracy", "",
+              "| arm | " + " | ".join(f"seed {x['seed']}" for x in seeds) + " |",
+              "|---|" + "---|" * len(seeds)]
+    for a in results["arms"]:
+      r = s["arms"][a["label"]]
+      lines.append(f"| `{a['label']}` | " + " | ".join(
+          f"{100 * c:.1f}% / {100 * al:.1f}%" for c, al in
+          zip(r["copy_memorized"]["per_seed"], r["alignment"]["per_seed"])) + " |")
+  det = [(x["seed"], x["arms"][base]["detection"]) for x in seeds]
+  lines += ["", f"## Detection under `{base}`", "",
+            "AUC of d_t = ‖ε_c − ε_u‖₂ for memorized vs other conditions (and for copies vs "
+            "non-copies), per seed.", "", "| seed | mean d_t | first-step d_t | mean d_t, copies |",
+            "|---|---|---|---|"]
+  for seed, dd in det:
+    lines.append(f"| {seed} | {cell(dd['auc_mean_d_eps_memorized'])} | "
+                 f"{cell(dd['auc_first_d_eps_memorized'])} | {cell(dd['auc_mean_d_eps_copies'])} |")
+  figs = first.get("figures", {})
+  if figs:
+    lines += ["", f"## Figures (seed {first['seed']})", ""]
+    for title, path in figs.items():
+      lines += [f"### {title}", "", f"![{title}]({path})", ""]
+  return "\n".join(lines) + "\n"
+
+
+def write(results: dict, outdir: str) -> str:
+  """Writes report.md and frontier.png into outdir; returns report.md's path."""
+  from minidiff.study import figures  # matplotlib only when writing
+  if results["summary"]["frontier"].get("reference"):
+    figures.frontier_plot(results, os.path.join(outdir, "frontier.png"))
+  path = os.path.join(outdir, "report.md")
+  with open(path, "w") as f:
+    f.write(render(results))
+  return path
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) != 2:
+    print("usage: python -m minidiff.study.report RESULTS.json  (rewrites report.md and frontier.png "
+          "beside it)", file=sys.stderr)
+    return 2
+  with open(argv[1]) as f:
+    results = json.load(f)
+  if results.get("version") != 2:
+    print(f"{argv[1]}: results version {results.get('version')!r}; this report reads version 2.",
+          file=sys.stderr)
+    return 1
+  results["summary"] = summary_lib.summarize(results, tolerance=results["summary"]["tolerance"])
+  print(write(results, os.path.dirname(os.path.abspath(argv[1]))))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))

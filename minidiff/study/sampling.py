@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import zipfile
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -23,7 +23,6 @@ from minidiff import config as config_lib
 from minidiff.core import samplers
 from minidiff.core.schedule import make_schedule
 from minidiff.core.specs import GuidanceSpec
-from minidiff.study import plots
 from minidiff.train import precision, sharding, state
 from minidiff.train.checkpoint import Checkpointer
 
@@ -84,6 +83,12 @@ def shared_inputs(options: SamplingOptions, *, shape: tuple[int, ...], num_class
   return x_T, labels, jax.random.fold_in(key, 1)
 
 
+def shared_noise(options: SamplingOptions, *, shape: tuple[int, ...]) -> tuple[np.ndarray, jax.Array]:
+  """The initial noises x_T [num, ...] and the sampler key every arm (and every seed) shares."""
+  x_T, _, key = shared_inputs(options, shape=shape, num_classes=1)  # noqa: N806
+  return x_T, key
+
+
 @dataclasses.dataclass
 class SampleResult:
   samples: np.ndarray
@@ -102,41 +107,71 @@ class SampleResult:
     return len(self.samples) / self.sample_s
 
 
+def sample_in_batches(compiled_for: Callable, params: Any, x_T: np.ndarray, cond: Any, null: Any,  # noqa: N803
+                      key: jax.Array, *, batch: int, mesh: Mesh, num_arms: int | None = None
+                      ) -> tuple[list[tuple[np.ndarray, dict, np.ndarray, np.ndarray]], float, float]:
+  """Samples N rows in fixed-size chunks, data-parallel over `mesh`; compiles once.
+
+  `compiled_for(params, x_T, cond, null, key)` (example arguments of one chunk) returns the
+  compiled sampler. Parameters are replicated and every chunk is split along the batch axis; the
+  chunk is rounded up to a multiple of the device count and the padding dropped. Chunk i uses
+  `fold_in(key, i)`. `cond` is a pytree with leading dim N, `null` one with leading dim 1.
+
+  Returns (per arm: (x₀ [N, ...], {d_eps, d_x0, w: [S, N], transition_step: [N]}, x̂₀ snapshots
+  [K, N, ...], t [S])), compile seconds, sampling seconds. `num_arms` None: the sampler's outputs
+  have no leading arm axis (one arm).
+  """
+  n = x_T.shape[0]
+  b = -(-min(batch, n) // mesh.size) * mesh.size
+  pad = -n % b
+  padded = lambda a: np.concatenate([a, np.resize(a, (pad,) + a.shape[1:])]) if pad else a  # noqa: E731
+  x_all, c_all = padded(x_T), jax.tree.map(padded, cond)
+  params = sharding.replicate(params, mesh)
+  null_b = jax.tree.map(lambda a: sharding.shard_rows(mesh, np.repeat(np.asarray(a), b, axis=0))[0], null)
+  rows = lambda tree, i: jax.tree.map(lambda a: sharding.shard_rows(mesh, a[i:i + b])[0], tree)  # noqa: E731
+  t0 = time.perf_counter()
+  compiled = compiled_for(params, rows(x_all, 0), rows(c_all, 0), null_b, sharding.replicate(key, mesh))
+  compile_s = time.perf_counter() - t0
+  outs = []
+  t0 = time.perf_counter()
+  for i in range(0, x_all.shape[0], b):
+    out = compiled(params, rows(x_all, i), rows(c_all, i), null_b,
+                   sharding.replicate(jax.random.fold_in(key, i // b), mesh))
+    outs.append(sharding.to_host(out))
+  sample_s = time.perf_counter() - t0
+  per_arm = []
+  for a in ([None] if num_arms is None else range(num_arms)):
+    pick = (lambda v: v) if a is None else (lambda v, a=a: v[a])
+    x0 = np.concatenate([pick(o[0]) for o in outs])[:n]
+    diag = {name: np.concatenate([pick(getattr(o[1], name)) for o in outs], axis=-1)[..., :n]
+            for name in ("d_eps", "d_x0", "w", "transition_step")}
+    snaps = np.concatenate([pick(o[1].x0) for o in outs], axis=1)[:, :n]
+    per_arm.append((x0, diag, snaps, np.asarray(outs[0][1].t)))
+  return per_arm, compile_s, sample_s
+
+
+def to_result(out: tuple, labels: np.ndarray, compile_s: float, sample_s: float) -> "SampleResult":
+  """A SampleResult from one arm's output of `sample_in_batches`."""
+  x0, diag, snaps, t = out
+  return SampleResult(samples=x0, labels=np.asarray(labels), t=t, d_eps=diag["d_eps"],
+                      d_x0=diag["d_x0"], w=diag["w"], transition_step=diag["transition_step"],
+                      x0=snaps, compile_s=compile_s, sample_s=sample_s)
+
+
 def run_strategy(eps_apply, params, schedule, spec: GuidanceSpec, options: SamplingOptions, x_T,  # noqa: N803
                  labels, key, *, null_id: int, mesh: Mesh | None = None) -> SampleResult:
   """Samples every (x_T, label) pair with one strategy, in fixed-size batches (one compile).
 
-  Data-parallel over `mesh` (default: every device): parameters replicated, each batch split along
-  the batch axis. The batch is rounded up to a multiple of the device count (padding is dropped).
+  Data-parallel over `mesh` (default: every device), see `sample_in_batches`.
   """
-  mesh = mesh or sharding.data_mesh()
   run = samplers.make_sampler(
       eps_apply, schedule=schedule, strategy=spec.strategy, sampler=options.sampler,
       num_steps=options.num_steps, eta=options.eta, spacing=options.spacing,
       clip_x0=options.clip_x0, x0_steps=options.x0_steps, compute_d=False)
-  n = len(labels)
-  b = -(-min(options.batch, n) // mesh.size) * mesh.size
-  pad = -n % b
-  x_all = np.concatenate([x_T, np.resize(x_T, (pad,) + x_T.shape[1:])]) if pad else x_T
-  y_all = np.concatenate([labels, np.resize(labels, pad)]) if pad else labels
-  params = sharding.replicate(params, mesh)
-  null, = sharding.shard_rows(mesh, np.full((b,), null_id, np.int32))
-  batch = lambda i: sharding.shard_rows(mesh, x_all[i:i + b], y_all[i:i + b])  # noqa: E731
-  t0 = time.perf_counter()
-  compiled = run.lower(params, *batch(0), null, key).compile()
-  compile_s = time.perf_counter() - t0
-  outs = []
-  t0 = time.perf_counter()
-  for i in range(0, len(y_all), b):
-    x0, diag = compiled(params, *batch(i), null, sharding.replicate(jax.random.fold_in(key, i // b), mesh))
-    outs.append(sharding.to_host((x0, diag)))
-  sample_s = time.perf_counter() - t0
-  per_step = lambda name: np.concatenate([getattr(o[1], name) for o in outs], axis=1)[:, :n]  # noqa: E731
-  result = SampleResult(
-      samples=np.concatenate([o[0] for o in outs])[:n], labels=labels, t=np.asarray(outs[0][1].t),
-      d_eps=per_step("d_eps"), d_x0=per_step("d_x0"), w=per_step("w"), x0=per_step("x0"),
-      transition_step=np.concatenate([o[1].transition_step for o in outs])[:n],
-      compile_s=compile_s, sample_s=sample_s)
+  (out,), compile_s, sample_s = sample_in_batches(
+      lambda *example: run.lower(*example).compile(), params, x_T, np.asarray(labels, np.int32),
+      np.asarray([null_id], np.int32), key, batch=options.batch, mesh=mesh or sharding.data_mesh())
+  result = to_result(out, labels, compile_s, sample_s)
   check_finite(result, spec.label)
   return result
 
@@ -154,10 +189,11 @@ def check_finite(result: SampleResult, label: str, *, show: int = 20) -> None:
       f"it. Check that the checkpoint's training loss was finite, or lower the guidance weight.")
 
 
-def result_meta(spec: GuidanceSpec, options: SamplingOptions, checkpoint_step: int) -> str:
-  """What identifies a strategy's samples: a finished file with the same meta is reused."""
-  return json.dumps(dict(label=spec.label, strategy=repr(spec.strategy), step=int(checkpoint_step),
-                         options=dataclasses.asdict(options)), sort_keys=True)
+def result_meta(label: str, strategy: str, perturbation: str, options: SamplingOptions,
+                checkpoint_step: int) -> str:
+  """What identifies an arm's samples: a finished file with the same meta is reused."""
+  return json.dumps(dict(label=label, strategy=strategy, perturbation=perturbation,
+                         step=int(checkpoint_step), options=dataclasses.asdict(options)), sort_keys=True)
 
 
 def load_result(path: str, meta: str) -> SampleResult | None:
@@ -178,25 +214,17 @@ def load_result(path: str, meta: str) -> SampleResult | None:
     return None
 
 
-def save_result(result: SampleResult, spec: GuidanceSpec, outdir: str, meta: str = "") -> dict[str, str]:
-  """Writes `<slug>.npz`, `<slug>_grid.png` and `<slug>_dt.png` into outdir; returns the paths."""
-  os.makedirs(outdir, exist_ok=True)
-  paths = {k: os.path.join(outdir, f"{spec.slug}{suffix}")
-           for k, suffix in (("npz", ".npz"), ("grid", "_grid.png"), ("dt", "_dt.png"))}
-  tmp = paths["npz"] + ".tmp.npz"
+def save_npz(result: SampleResult, path: str, meta: str = "") -> str:
+  """Writes the samples and their per-step record to `path` atomically (an interrupted study never
+  leaves a half-written file); `load_result(path, meta)` reads it back."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = path + ".tmp.npz"
   np.savez_compressed(tmp, samples=result.samples, labels=result.labels, t=result.t,
                       d_eps=result.d_eps, d_x0=result.d_x0, w=result.w,
                       transition_step=result.transition_step, x0=result.x0, meta=meta,
                       timing=np.array([result.compile_s, result.sample_s]))
-  os.replace(tmp, paths["npz"])  # atomic: an interrupted study never leaves a half-written file
-  # Up to 10 samples of each requested class, one class per row.
-  order = np.concatenate([np.flatnonzero(result.labels == c)[:10] for c in np.unique(result.labels)])
-  plots.save_grid(result.samples[order], paths["grid"])
-  fired = result.transition_step >= 0
-  plots.plot_d_curves(result.t, result.d_eps, result.transition_step, paths["dt"],
-                      title=f"{spec.label}: d_t per sample ({int(fired.sum())}/{len(fired)} transitions)",
-                      groups={"transition fired": fired, "no transition": ~fired})
-  return paths
+  os.replace(tmp, path)
+  return path
 
 
 def load_sampling_model(workdir: str):

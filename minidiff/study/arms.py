@@ -1,0 +1,146 @@
+"""Study arms: one guidance strategy (and, for text, a prompt perturbation) per row, and running
+them on shared noises — arms that share their start (static transitions differing only in τ) are
+sampled from one shared prefix.
+
+An arm's family groups it on the memorization–alignment frontier: "cfg" (constant w: none,
+conditional and cfg), "static", "opposite", "dynamic", "dynamic_opposite", "interval", "ramp"
+(linear / cosine), and for text the perturbation's name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from minidiff.core import guidance, samplers, specs as specs_lib
+from minidiff.study import sampling
+from minidiff.study.conditions import ConditionSet
+
+log = logging.getLogger(__name__)
+
+FAMILY_OF_STRATEGY = {"none": "cfg", "conditional": "cfg", "cfg": "cfg", "static": "static",
+                      "opposite": "opposite", "dynamic": "dynamic",
+                      "dynamic_opposite": "dynamic_opposite", "interval": "interval",
+                      "linear": "ramp", "cosine": "ramp"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One row of a study: a guidance strategy, an optional prompt perturbation, its family."""
+
+  label: str  # as written after sweep expansion, e.g. "static:tau=400" or "cfg+random_tokens:k=4"
+  family: str
+  strategy: guidance.Strategy
+  perturbation: specs_lib.Perturbation | None = None
+
+  @property
+  def slug(self) -> str:
+    """A file-name-safe form of the label."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_",
+                  self.label.replace(":", "_").replace("=", "").replace("+", "_"))
+
+
+def parse_arms(text: str | Sequence[str], *, T: int, overrides: dict[str, str] | None = None,  # noqa: N803
+               text_conditions: bool = False) -> list[Arm]:
+  """Expands sweep specs (`cfg:w=1,3,7.5`, `static:tau=200:800:100`) into arms, validated.
+
+  Raises ValueError before anything is compiled: unknown strategies, parameters, τ outside
+  [0, T), a perturbation on a class-conditional study, repeated arms.
+  """
+  arms = []
+  for spec in specs_lib.parse_specs(text, T=T, overrides=overrides):
+    base, _, pert = spec.label.partition("+")
+    if spec.perturbation is not None and not text_conditions:
+      raise ValueError(f"Arm {spec.label!r} perturbs prompts, but this run is class-conditional; "
+                       f"drop its '+{pert}' part.")
+    family = pert.split(":", 1)[0] if pert else FAMILY_OF_STRATEGY[base.split(":", 1)[0]]
+    arms.append(Arm(spec.label, family, spec.strategy, spec.perturbation))
+  return arms
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerRun:
+  """What every arm of a study shares: the model, the sampler options, the mesh."""
+
+  eps_apply: Callable
+  params: Any
+  schedule: Any
+  options: sampling.SamplingOptions
+  mesh: Mesh
+
+
+def run_arm(run: SamplerRun, arm: Arm, conditions: ConditionSet, x_T: np.ndarray,  # noqa: N803
+            key: jax.Array, *, compiled_cache: dict | None = None) -> sampling.SampleResult:
+  """Samples every row of `conditions` from its x_T with one arm (one compile per strategy and
+  condition structure: arms that differ only in their prompts share it through `compiled_cache`)."""
+  o = run.options
+  sampler = samplers.make_sampler(
+      run.eps_apply, schedule=run.schedule, strategy=arm.strategy, sampler=o.sampler,
+      num_steps=o.num_steps, eta=o.eta, spacing=o.spacing, clip_x0=o.clip_x0,
+      x0_steps=o.x0_steps, compute_d=False)
+  cache_key = (repr(arm.strategy), str(jax.tree.structure(conditions.cond)))
+
+  def compiled_for(*example):
+    if compiled_cache is not None and cache_key in compiled_cache:
+      return compiled_cache[cache_key]
+    compiled = sampler.lower(*example).compile()
+    if compiled_cache is not None:
+      compiled_cache[cache_key] = compiled
+    return compiled
+
+  (out,), compile_s, sample_s = sampling.sample_in_batches(
+      compiled_for, run.params, x_T, conditions.cond, conditions.null, key, batch=o.batch,
+      mesh=run.mesh)
+  result = sampling.to_result(out, conditions.requested_class, compile_s, sample_s)
+  sampling.check_finite(result, arm.label)
+  return result
+
+
+def switch_families(arms: Sequence[Arm], *, x0_steps: Sequence[int] = ()) -> list[list[Arm]]:
+  """Groups arms that can share their start: static transitions (delayed CFG, opposite guidance)
+  with the same w_pre, w_post and perturbation, differing in τ. Every other arm is its own group.
+  With recorded x̂₀ steps nothing is shared (the shared prefix keeps no x̂₀)."""
+  groups: dict[Any, list[Arm]] = {}
+  for arm in arms:
+    s = arm.strategy
+    if isinstance(s, guidance.StaticTransition) and not x0_steps:
+      key = ("switch", s.w_pre, s.w_post, repr(arm.perturbation))
+    else:
+      key = ("alone", arm.label)
+    groups.setdefault(key, []).append(arm)
+  return list(groups.values())
+
+
+def run_switch_family(run: SamplerRun, family: Sequence[Arm], conditions: ConditionSet,
+                      x_T: np.ndarray, key: jax.Array) -> dict[str, sampling.SampleResult]:  # noqa: N803
+  """Samples static-transition arms that differ only in τ from one shared prefix
+  (`samplers.sample_switch_family`); equals running each arm alone on the same noises and keys."""
+  o = run.options
+  first = family[0].strategy
+  grid = samplers.time_grid(run.schedule.T, o.num_steps, o.spacing)
+  steps = np.asarray([samplers.switch_step(grid, a.strategy.tau) for a in family], np.int32)
+
+  def fn(params, x, cond, null, k):
+    eps_fn = lambda x_t, t, c: run.eps_apply(params, x_t, t, c)  # noqa: E731
+    return samplers.sample_switch_family(
+        eps_fn, run.schedule, x, cond, null, k, w_pre=first.w_pre, w_post=first.w_post,
+        switch_steps=jnp.asarray(steps), sampler=o.sampler, num_steps=o.num_steps, eta=o.eta,
+        spacing=o.spacing, clip_x0=o.clip_x0)
+
+  compiled_for = lambda *example: jax.jit(fn).lower(*example).compile()  # noqa: E731
+  outs, compile_s, sample_s = sampling.sample_in_batches(
+      compiled_for, run.params, x_T, conditions.cond, conditions.null, key, batch=o.batch,
+      mesh=run.mesh, num_arms=len(family))
+  results = {}
+  for arm, out in zip(family, outs):
+    # The shared cost is split evenly: per-arm samples/s then add up to the family's wall time.
+    results[arm.label] = sampling.to_result(out, conditions.requested_class,
+                                            compile_s / len(family), sample_s / len(family))
+    sampling.check_finite(results[arm.label], arm.label)
+  return results

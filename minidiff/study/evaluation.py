@@ -1,0 +1,141 @@
+"""Per-sample metrics of a study arm, in one registry, and their per-group rates with intervals.
+
+A metric is one function `(context, samples, measured) -> [N] bool`; adding a metric (or a
+detector) is one entry in `METRICS`. The engine turns every metric into a rate with a Wilson
+interval per condition group and pairs it against the baseline arm on the same noises.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from minidiff.metrics import classifier as classifier_lib
+from minidiff.metrics import frechet, memorization, stats
+from minidiff.study.conditions import ConditionSet
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What the metrics of every arm of one trained model are measured against."""
+
+  conditions: ConditionSet
+  unique_images: np.ndarray  # [U, H, W, C] the de-duplicated training set
+  is_duplicated: np.ndarray  # [U] bool
+  classifier: classifier_lib.Classifier | None
+  fd_reference: np.ndarray | None  # [R, F] features of real images the diffusion model never saw
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+  """The expensive per-sample measurements, made once per arm and shared by every metric."""
+
+  memorization: memorization.MemorizationResult
+  predicted: np.ndarray | None  # [N] the evaluation classifier's class, None without one
+  features: np.ndarray | None  # [N, F] its penultimate features
+
+
+def measure(ctx: Context, samples: np.ndarray) -> Measured:
+  """Nearest neighbours in the de-duplicated training set, and the classifier's view."""
+  mem = memorization.analyse_samples(samples, ctx.unique_images, ctx.is_duplicated)
+  if ctx.classifier is None:
+    return Measured(mem, None, None)
+  return Measured(mem, ctx.classifier.predict(samples), ctx.classifier.features(samples))
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  description: str
+  fn: Callable[[Context, Measured], np.ndarray]  # → [N] bool; NaN-free
+  applies: Callable[[Context], np.ndarray] = lambda ctx: np.ones(len(ctx.conditions), bool)
+
+
+def _copy(ctx: Context, m: Measured) -> np.ndarray:
+  return m.memorization.is_copy
+
+
+def _copy_target(ctx: Context, m: Measured) -> np.ndarray:
+  target = ctx.conditions.target_image
+  return m.memorization.is_copy & (target >= 0) & (m.memorization.nn_index[:, 0] == target)
+
+
+def _copy_duplicated(ctx: Context, m: Measured) -> np.ndarray:
+  return m.memorization.copies_duplicated
+
+
+def _carlini(ctx: Context, m: Measured) -> np.ndarray:
+  return m.memorization.carlini < 0.5
+
+
+def _class_correct(ctx: Context, m: Measured) -> np.ndarray:
+  if m.predicted is None:
+    return np.zeros(len(ctx.conditions), bool)
+  return m.predicted == ctx.conditions.requested_class
+
+
+METRICS: dict[str, Metric] = {
+    "copy": Metric("ratio test ‖x−NN₁‖/‖x−NN₂‖ < 1/3 against the de-duplicated training set", _copy),
+    "copy_target": Metric("a copy of the training image the condition names", _copy_target),
+    "copy_duplicated": Metric("a copy whose NN₁ is a duplicated image", _copy_duplicated),
+    "carlini_below_0_5": Metric("Carlini et al.'s normalised distance < 0.5", _carlini),
+    "class_correct": Metric("the evaluation classifier's class is the requested one",
+                            _class_correct,
+                            applies=lambda ctx: ctx.conditions.requested_class >= 0),
+}
+
+
+def flags(ctx: Context, measured: Measured) -> dict[str, np.ndarray]:
+  """Every registered metric's per-sample flags ([N] bool; False where the metric does not apply)."""
+  out = {}
+  for name, metric in METRICS.items():
+    if name == "class_correct" and measured.predicted is None:
+      continue
+    out[name] = np.asarray(metric.fn(ctx, measured), bool) & metric.applies(ctx)
+  return out
+
+
+def rate(flag: np.ndarray, where: np.ndarray) -> dict[str, Any]:
+  """{k, n, rate, ci: [low, high]} of `flag` over the rows `where` (95% Wilson interval)."""
+  k, n = int(flag[where].sum()), int(where.sum())
+  ci = stats.wilson_interval(k, n)
+  return dict(k=k, n=n, rate=(k / n if n else None), ci=[ci.low, ci.high])
+
+
+def group_rates(ctx: Context, per_sample: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+  """group → metric → rate with interval; "all" is every sample, restricted to where it applies."""
+  groups = {"all": np.ones(len(ctx.conditions), bool), **ctx.conditions.groups}
+  out = {}
+  for g, where in groups.items():
+    out[g] = {name: rate(flag, where & METRICS[name].applies(ctx)) for name, flag in per_sample.items()}
+  return out
+
+
+def frechet_with_interval(features: np.ndarray, reference: np.ndarray, *, seed: int,
+                          num_resamples: int = 200) -> dict[str, Any]:
+  """Fréchet distance of sample features to the reference, with a percentile-bootstrap interval
+  over the samples (the reference is held fixed)."""
+  fd = lambda f: frechet.frechet_distance(f, reference)  # noqa: E731
+  boot = stats.bootstrap_interval(fd, features, num_resamples=num_resamples, seed=seed)
+  return dict(value=float(fd(features)), ci=[boot.interval.low, boot.interval.high],
+              n=int(features.shape[0]), n_reference=int(reference.shape[0]))
+
+
+def frechet_floor(pool: np.ndarray, reference: np.ndarray, *, n: int, seed: int,
+                  repeats: int = 5) -> dict[str, Any]:
+  """FD of `n` real images (drawn from `pool`, disjoint from the reference) to the reference:
+  the level below which FD differences at this n mean nothing. Mean and range over `repeats` draws."""
+  rng = np.random.default_rng(seed)
+  n = min(n, pool.shape[0])
+  values = [frechet.frechet_distance(pool[rng.choice(pool.shape[0], n, replace=False)], reference)
+            for _ in range(repeats)]
+  return dict(mean=float(np.mean(values)), min=float(np.min(values)), max=float(np.max(values)),
+              n=int(n), n_reference=int(reference.shape[0]), repeats=repeats)
+
+
+def detection_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+  """AUC of `scores` for `positive` vs the rest; None when a group is empty or a score is missing."""
+  from minidiff.metrics import detection
+  if positive.all() or not positive.any() or not np.isfinite(scores).all():
+    return None
+  return detection.auc(scores, positive)
