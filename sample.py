@@ -36,6 +36,8 @@ flags.DEFINE_integer("num", None, "Samples per arm and seed (default: config.stu
 flags.DEFINE_list("classes", [], "Requested classes, cycled (default: half memorized classes, half "
                   "the others).")
 flags.DEFINE_float("memorized_share", 0.5, "Class studies: share of samples on memorized classes.")
+flags.DEFINE_list("memorized_classes", [], "Class studies: the memorized classes (default: those "
+                  "with a duplicated image), e.g. to study a control model trained without duplication.")
 flags.DEFINE_multi_string("prompt", [], "Text runs: a prompt (repeatable), cycled over the samples "
                           "(default: the study's memorized and class prompts).")
 flags.DEFINE_string("prompts", None, "Text runs: a file with one prompt per line (# comments skipped).")
@@ -79,7 +81,8 @@ def main(argv):
         classes=_ints(FLAGS.classes, "classes"), prompts=_prompts(), num_steps=FLAGS.steps,
         eta=FLAGS.eta, sampler=FLAGS.sampler, spacing=FLAGS.spacing, seed=FLAGS.seed,
         batch=FLAGS.batch, x0_steps=_ints(FLAGS.x0_steps, "x0_steps"), baseline=FLAGS.baseline,
-        memorized_share=FLAGS.memorized_share, outdir=FLAGS.outdir,
+        memorized_share=FLAGS.memorized_share,
+        memorized_classes=_ints(FLAGS.memorized_classes, "memorized_classes"), outdir=FLAGS.outdir,
         command="python " + " ".join(sys.argv))
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -16,15 +16,16 @@ def classifier_cache(tmp_path_factory):
   return str(tmp_path_factory.mktemp("classifier_cache"))
 
 
-def _options(classifier_cache, **kw):
+def _options(classifier_cache, figures=False, **kw):
   return StudyOptions(sampling=sampling.SamplingOptions(num=8, num_steps=5, batch=8, **kw),
-                      classifier_cache=classifier_cache)
+                      classifier_cache=classifier_cache, fd_resamples=20, figures=figures)
 
 
 def test_class_study_over_two_seeds_writes_one_schema(tiny_run, tiny_run_seed1, tmp_path,
                                                       classifier_cache):
   out = str(tmp_path / "study")
-  results = engine.run_study([tiny_run, tiny_run_seed1], ARMS, options=_options(classifier_cache),
+  results = engine.run_study([tiny_run, tiny_run_seed1], ARMS,
+                             options=_options(classifier_cache, figures=True),
                              outdir=out, command="test")
   assert results["version"] == engine.RESULTS_VERSION and results["kind"] == "class"
   labels = ["none", "cfg:w=1", "cfg:w=3", "static:tau=30", "static:tau=60", "dynamic"]

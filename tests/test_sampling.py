@@ -82,19 +82,19 @@ def test_sampling_a_tiny_run_writes_outputs_and_is_deterministic(tiny_run):
   workdir = tiny_run
   out = [os.path.join(workdir, f"s{i}") for i in range(2)]
   for o in out:
-    sample_and_study(workdir, "cfg:w=2,dynamic", num=6, batch=4, study=False, outdir=o,
-                     x0_steps=(0, -1))
-  for name in ("cfg_w2.npz", "cfg_w2_grid.png", "cfg_w2_dt.png", "dynamic.npz", "sampling.json"):
+    sample_and_study(workdir, "cfg:w=2,dynamic", num=6, batch=4, outdir=o, x0_steps=(0, -1))
+  for name in ("seed_0/cfg_w2.npz", "seed_0/cfg_w2_grid.png", "seed_0/dynamic.npz", "results.json",
+               "report.md"):
     assert os.path.exists(os.path.join(out[0], name)), name
-  a, b = (np.load(os.path.join(o, "dynamic.npz")) for o in out)
+  a, b = (np.load(os.path.join(o, "seed_0", "dynamic.npz")) for o in out)
   np.testing.assert_array_equal(a["samples"], b["samples"])
   assert a["samples"].shape == (6, 8, 8, 1) and a["d_eps"].shape == (5, 6)
-  np.testing.assert_array_equal(a["labels"], [0, 1, 2, 3, 4, 5])
+  np.testing.assert_array_equal(a["labels"], [0, 1, 0, 2, 3, 4])  # half on the memorized 0 and 1
   assert np.isfinite(a["d_eps"]).all()
   assert a["x0"].shape == (2, 6, 8, 8, 1)  # x̂₀ at the first and the last step
   np.testing.assert_allclose(a["x0"][1], a["samples"], atol=1e-5)  # the last x̂₀ is the sample
-  summary = json.load(open(os.path.join(out[0], "sampling.json")))
-  assert set(summary["strategies"]) == {"cfg:w=2", "dynamic"}
+  results = json.load(open(os.path.join(out[0], "results.json")))
+  assert [arm["label"] for arm in results["arms"]] == ["cfg:w=2", "dynamic"]
 
 
 def test_partial_or_foreign_result_files_are_sampled_again(tmp_path, caplog):
@@ -104,7 +104,7 @@ def test_partial_or_foreign_result_files_are_sampled_again(tmp_path, caplog):
       samples=np.zeros((n, 4, 4, 1), np.float32), labels=np.arange(n), t=np.array([50, 0]),
       d_eps=np.ones((2, n)), d_x0=np.ones((2, n)), w=np.ones((2, n)),
       transition_step=-np.ones(n, np.int32), x0=np.zeros((0,)), compile_s=1.0, sample_s=1.0)
-  path = sampling.save_result(result, spec, str(tmp_path), meta="m1")["npz"]
+  path = sampling.save_npz(result, str(tmp_path / f"{spec.slug}.npz"), meta="m1")
   assert sampling.load_result(path, "m1").samples.shape == (n, 4, 4, 1)
   assert sampling.load_result(path, "m2") is None  # made with other options or checkpoint
   os.truncate(path, os.path.getsize(path) // 2)  # a file cut short (written by another tool)

@@ -66,9 +66,13 @@ def memorized_classes(manifest: Manifest) -> np.ndarray:
 
 
 def class_conditions(manifest: Manifest, *, num: int, num_classes: int, null_id: int,
-                     classes: Sequence[int] = (), memorized_share: float = 0.5) -> ConditionSet:
+                     classes: Sequence[int] = (), memorized_share: float = 0.5,
+                     memorized: Sequence[int] | None = None) -> ConditionSet:
   """`num` class conditions: `memorized_share` of them cycle over the memorized classes, the rest
   over the other classes (or, with `classes`, cycle over those).
+
+  The memorized classes are those with a duplicated image, or `memorized` (e.g. to study a
+  control model trained without duplication on the classes memorized by the duplicated run).
 
   The named training image of a memorized class is its duplicated image (the first one, by id, if
   the class has several; `copy_target` then counts copies of that one).
@@ -77,7 +81,10 @@ def class_conditions(manifest: Manifest, *, num: int, num_classes: int, null_id:
     raise ValueError(f"num={num} samples: need at least 1.")
   if not 0.0 <= memorized_share <= 1.0:
     raise ValueError(f"memorized_share={memorized_share} must lie in [0, 1].")
-  mem = memorized_classes(manifest)
+  mem = memorized_classes(manifest) if memorized is None else np.unique(np.asarray(memorized, int))
+  bad = [int(c) for c in mem if not 0 <= c < num_classes]
+  if bad:
+    raise ValueError(f"--memorized_classes contains {bad}; the model has classes 0…{num_classes - 1}.")
   others = np.setdiff1d(np.arange(num_classes), mem)
   if classes:
     labels = np.asarray([classes[i % len(classes)] for i in range(num)], np.int32)
@@ -88,7 +95,7 @@ def class_conditions(manifest: Manifest, *, num: int, num_classes: int, null_id:
   else:
     labels = (np.arange(num) % num_classes).astype(np.int32)
   target_of = {int(c): int(np.flatnonzero(manifest.is_duplicated & (manifest.label == c))[0])
-               for c in mem}
+               for c in mem if (manifest.is_duplicated & (manifest.label == c)).any()}
   target = np.asarray([target_of.get(int(c), -1) for c in labels], np.int64)
   memorized = np.isin(labels, mem)
   return ConditionSet(kind="class", cond=labels, null=np.asarray([null_id], np.int32),

@@ -43,10 +43,14 @@ class StudyOptions:
 
   sampling: sampling.SamplingOptions
   memorized_share: float = 0.5  # class studies: share of samples on memorized classes
+  memorized_classes: tuple[int, ...] = ()  # class studies: override (e.g. a control model trained
+  #   without duplication is studied on the classes that are memorized in the duplicated run)
   prompts: tuple[str, ...] = ()  # text studies: prompts (default: memorized and class prompts)
   baseline: str | None = None  # the arm every arm is paired with (default: the largest-w cfg arm)
   tolerance: float = 0.03  # frontier: alignment within this of the best CFG arm
   classifier_cache: str | None = None
+  fd_resamples: int = 200  # bootstrap resamples of each FD interval
+  figures: bool = True  # per-arm grids and copy pairs (the frontier plot is always drawn)
 
 
 def _check_same_config(configs: Sequence[Any], workdirs: Sequence[str]) -> None:
@@ -160,7 +164,8 @@ def _conditions(config, workdir: str, manifest: Manifest, options: StudyOptions,
                                             prompts=options.prompts), tokenizer
   return conditions_lib.class_conditions(
       manifest, num=num, num_classes=config_lib.unet_config(config).num_classes, null_id=null_id,
-      classes=options.sampling.classes, memorized_share=options.memorized_share), None
+      classes=options.sampling.classes, memorized_share=options.memorized_share,
+      memorized=options.memorized_classes or None), None
 
 
 def _classifier(config, options: StudyOptions):
@@ -228,9 +233,10 @@ def _study_one(workdir: str, arm_list: Sequence[arms_lib.Arm], options: StudyOpt
   arms_out = {}
   for a in arm_list:
     arms_out[a.label] = _evaluate_arm(ctx, dataclasses.replace(ctx, conditions=arm_conditions[a.label]),
-                                      results[a.label], seed=options.sampling.seed)
-  figs = figures.arm_figures(outdir, arm_list, results, arm_conditions, subset.unique_images,
-                             ctx.conditions, arms_out)
+                                      results[a.label], seed=options.sampling.seed,
+                                      fd_resamples=options.fd_resamples)
+  figs = (figures.arm_figures(outdir, arm_list, results, arm_conditions, subset.unique_images,
+                              ctx.conditions, arms_out) if options.figures else {})
   ema = config.train.ema_decay
   seed_block = dict(
       workdir=workdir, seed=int(config.seed), checkpoint_step=int(step),
@@ -254,7 +260,7 @@ def _study_one(workdir: str, arm_list: Sequence[arms_lib.Arm], options: StudyOpt
 
 
 def _evaluate_arm(ctx: evaluation.Context, arm_ctx: evaluation.Context,
-                  result: sampling.SampleResult, *, seed: int) -> dict:
+                  result: sampling.SampleResult, *, seed: int, fd_resamples: int) -> dict:
   measured = evaluation.measure(arm_ctx, result.samples)
   flags = evaluation.flags(arm_ctx, measured)
   fired = result.transition_step >= 0
@@ -274,21 +280,24 @@ def _evaluate_arm(ctx: evaluation.Context, arm_ctx: evaluation.Context,
                                                         measured.memorization.is_copy)),
       samples_per_s=result.samples_per_s, compile_s=result.compile_s)
   if measured.features is not None and ctx.fd_reference is not None:
-    row["fd"] = evaluation.frechet_with_interval(measured.features, ctx.fd_reference, seed=seed)
+    row["fd"] = evaluation.frechet_with_interval(measured.features, ctx.fd_reference, seed=seed,
+                                                 num_resamples=fd_resamples)
   return row
 
 
-def sample_and_study(workdirs: Sequence[str], arm_specs: str | None = None, *,
+def sample_and_study(workdirs: str | Sequence[str], arm_specs: str | None = None, *,
                      overrides: dict[str, str] | None = None, num: int | None = None,
                      classes: tuple[int, ...] = (), prompts: Sequence[str] = (),
                      num_steps: int | None = None, eta: float | None = None,
                      sampler: str | None = None, spacing: str | None = None, seed: int = 0,
                      batch: int = 200, x0_steps: tuple[int, ...] = (), baseline: str | None = None,
-                     memorized_share: float = 0.5, tolerance: float = 0.03,
+                     memorized_share: float = 0.5, memorized_classes: tuple[int, ...] = (),
+                     tolerance: float = 0.03,
                      outdir: str | None = None, classifier_cache: str | None = None,
                      command: str | None = None) -> dict:
   """sample.py's job: options from the first workdir's config (None = the config's value), then
   `run_study`. Raises ValueError / FileNotFoundError with one clear line before any compile."""
+  workdirs = [workdirs] if isinstance(workdirs, str) else list(workdirs)
   if not workdirs:
     raise ValueError("No workdir given: pass --workdir W (or --workdirs W1,W2,W3 for seeds).")
   config = config_lib.load_workdir_config(workdirs[0])
@@ -302,6 +311,7 @@ def sample_and_study(workdirs: Sequence[str], arm_specs: str | None = None, *,
       config, num=num, classes=tuple(classes), num_steps=num_steps, eta=eta, sampler=sampler,
       spacing=spacing, seed=seed, batch=batch, x0_steps=tuple(x0_steps))
   options = StudyOptions(sampling=sampling_options, memorized_share=memorized_share,
+                         memorized_classes=tuple(memorized_classes),
                          prompts=tuple(prompts), baseline=baseline, tolerance=tolerance,
                          classifier_cache=classifier_cache)
   return run_study(workdirs, arm_specs, options=options, overrides=overrides, outdir=outdir,
