@@ -23,7 +23,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# (name, model overrides, batch): the default config, and ENV-NOTES' 28×28 reference, and GPU scale.
+# (name, model overrides, batch): the default config, a 28×28 reference (docs/performance.md), and
+# GPU scale.
 SETTINGS = {
     "default": ("configs/mnist_dup.py", {}, 32),
     "mnist28": ("configs/mnist_dup.py", dict(resolution=28, attention_resolutions=(7,)), 64),

@@ -6,8 +6,9 @@ carry class-level captions ("a handwritten seven", four templates per class). Mi
 K·D / (K·D + 400) = 400/800 = 50% of the training examples; change it with data.dup_factor,
 data.num_duplicated_per_class or data.n_unique_per_class. A word-level tokenizer and a 2-layer
 transformer text encoder are trained jointly with the UNet, which cross-attends to the tokens at
-8×8 and 4×4. 2,000 steps of batch 32: each captioned image is seen ~3,200 times, about when
-ENV-NOTES saw the first copies; ~15 min on an idle 2-core CPU (measured 25–100 img/s when shared).
+8×8 and 4×4. 2,000 steps of batch 32: each captioned image is seen ~3,200 times, about when the
+first copies appeared in earlier runs; ~15 min on an idle 2-core CPU (measured 25–100 img/s when
+shared; see docs/performance.md).
 """
 import ml_collections
 

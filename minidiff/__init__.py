@@ -21,6 +21,9 @@ _EXPORTS = {
     "load_ema_model": "minidiff.train.state",
     "train_and_evaluate": "minidiff.train.trainer",
     "sample_and_study": "minidiff.study.engine",
+    "run_study": "minidiff.study.engine",
+    "StudyOptions": "minidiff.study.engine",
+    "expand_specs": "minidiff.core.specs",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,4 +1,4 @@
-"""The claims of SCIENCE.md §1 (Jain et al. 2025), each as a number, on exact denoisers.
+"""The claims of docs/science.md §1 (Jain et al. 2025), each as a number, on exact denoisers.
 
 Setting (see docs/theory.md): the 5,000 offline MNIST images at 16×16; condition 3 =
 0.7·atom(the first "3") + 0.3·Gaussian(the 500 "3"s), a memorized condition; condition 7 =
@@ -112,7 +112,8 @@ def test_claim2_x0_space_d_drops_for_the_memorized_condition_only(main):
 
 
 def test_claim2_eps_space_d_rises_instead(main):
-  # Boundary (SCIENCE.md §6): ε-space d_t = ‖ε_c − ε_u‖ grows with the SNR on an exact pixel model
+  # Boundary (docs/science.md §6): ε-space d_t = ‖ε_c − ε_u‖ grows with the SNR on an exact pixel
+  # model
   for name in ("none", "ctrl_none", "cond", "dyn_og"):
     med = np.median(main["d_eps"][name], axis=1)
     assert np.all(np.diff(med) > 0), name  # the median curve rises at every step

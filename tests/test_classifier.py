@@ -23,8 +23,8 @@ def trained(cache_dir):
 
 def test_heldout_accuracy_at_least_97_percent(trained):
   assert not trained.loaded_from_cache
-  assert trained.heldout_images.shape == (1000, 16, 16, 1)
-  np.testing.assert_array_equal(np.bincount(trained.heldout_labels), np.full(10, 100))
+  assert trained.heldout_images.shape == (1500, 16, 16, 1)
+  np.testing.assert_array_equal(np.bincount(trained.heldout_labels), np.full(10, 150))
   accuracy = clf_lib.class_accuracy(trained, trained.heldout_images, trained.heldout_labels)
   assert accuracy == trained.heldout_accuracy
   assert accuracy >= 0.97, accuracy
@@ -97,3 +97,28 @@ def test_default_cache_dir(monkeypatch, tmp_path):
   assert clf_lib.default_cache_dir() == tmp_path
   monkeypatch.delenv("MINIDIFF_CACHE")
   assert str(clf_lib.default_cache_dir()).endswith(".cache/minidiff")
+
+
+def test_fd_reference_leaves_out_the_diffusion_training_images(trained):
+  exclude = trained.heldout_index[::3]  # a third of the held-out images "trained on"
+  reference, pool = clf_lib.clean_reference(trained, exclude=exclude, seed=0)
+  clean = len(trained.heldout_index) - len(exclude)
+  assert len(reference) + len(pool) == clean and abs(len(reference) - len(pool)) <= 1
+  feats = trained.features(trained.heldout_images)
+  excluded = feats[np.isin(trained.heldout_index, exclude)]
+  # No reference or pool row is the feature vector of an excluded image.
+  for rows in (reference, pool):
+    d = np.abs(rows[:, None, :] - excluded[None, :, :]).max(axis=2)
+    assert d.min() > 0
+  with pytest.raises(ValueError, match="not in the diffusion training set"):
+    clf_lib.clean_reference(trained, exclude=trained.heldout_index[5:], seed=0)
+
+
+def test_cache_key_changes_with_what_changes_the_weights(tmp_path, monkeypatch):
+  settings = clf_lib.TrainSettings()
+  monkeypatch.setenv("XLA_FLAGS", "--a")
+  a = clf_lib._cache_path(tmp_path, "mnist_offline", 16, 0, settings)
+  monkeypatch.setenv("XLA_FLAGS", "--b")  # e.g. Eigen vs YNNPACK convolutions
+  b = clf_lib._cache_path(tmp_path, "mnist_offline", 16, 0, settings)
+  assert a != b
+  assert clf_lib.compute_identity()["xla_flags"] == "--b"

@@ -182,7 +182,7 @@ def test_dynamic_guards():
 
 def test_dynamic_measure_x0_and_opposite():
   ts = np.arange(5)[::-1] * 100
-  d_eps = [1.0, 2.0, 3.0, 4.0, 5.0]  # rising, as on a Bayes-optimal model (SCIENCE.md §6)
+  d_eps = [1.0, 2.0, 3.0, 4.0, 5.0]  # rising, as on a Bayes-optimal model (docs/science.md §6)
   d_x0 = [9.0, 4.0, 2.0, 3.0, 1.0]  # falls, minimum at 2 → fires at k = 3
   w, tr = run_strategy(guidance.make_strategy("dynamic"), ts, d_eps, d_x0)
   assert tr[0] == -1 and np.all(w == 1.0)

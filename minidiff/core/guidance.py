@@ -212,13 +212,13 @@ class DynamicTransition(Strategy):
   """Dynamic transition point (Jain et al. 2025), per sample, online, latched.
 
   With d_k the per-sample distance at step k (measure "eps": ‖ε_c − ε_u‖₂, the paper; "x0":
-  ‖x̂₀_c − x̂₀_u‖₂, SCIENCE.md §6), the rule fires at the first k ≥ 2 with d_{k−2} > d_{k−1} and
-  d_k > d_{k−1} (a strict local minimum at k−1; equal values never count). Since d_k comes from
+  ‖x̂₀_c − x̂₀_u‖₂, docs/science.md §6), the rule fires at the first k ≥ 2 with d_{k−2} > d_{k−1}
+  and d_k > d_{k−1} (a strict local minimum at k−1; equal values never count). Since d_k comes from
   the same forward pass, w_post applies from step k itself; before it w = w_pre. If no minimum
   occurs, guidance never switches.
 
   w_pre defaults to 1 as in the authors' dynamic script (their static script uses 0).
-  Guards (SCIENCE.md §7; the defaults reproduce the authors' exact rule):
+  Guards (docs/science.md §7; the defaults reproduce the authors' exact rule):
     min_step: earliest step index k at which the rule may fire (≥ 2).
     peak_fraction: a minimum counts only if d_{k−1} ≤ peak_fraction · max_{j≤k−1} d_j, i.e. d
       has really fallen from its running peak, not wiggled; 1.0 = no guard.

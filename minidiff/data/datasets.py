@@ -94,7 +94,7 @@ def load_tfds(name: str, *, split: str = "train", data_dir: str | None = None) -
         f"then copy DIR/{name} to {data_dir}/{name} (or pass --config.data.data_dir=DIR). "
         f"For an offline run use --config.data.name={OFFLINE_MNIST}."
     ) from e
-  # Index one at a time: the tfds mock's __getitems__ rejects lists (ENV-NOTES.md).
+  # Index one at a time: the tfds mock's __getitems__ rejects lists.
   examples = [source[i] for i in range(len(source))]
   images = np.stack([np.asarray(ex["image"], np.uint8) for ex in examples])
   labels = np.asarray([int(ex["label"]) for ex in examples], np.int32)

@@ -1,7 +1,7 @@
 """The evaluation classifier: a small CNN trained on real images, cached on disk.
 
-It measures two things about generated samples (SCIENCE.md §4): alignment (accuracy on the class
-a sample was requested for) and quality (the Fréchet distance of its penultimate-layer features,
+It measures two things about generated samples (docs/science.md §4): alignment (accuracy on the
+class a sample was requested for) and quality (the Fréchet distance of its penultimate-layer features,
 "Fréchet LeNet Distance" on MNIST, against held-out real images).
 
 The data is split once, seeded and stratified: `n_heldout` images (100 per class on the offline

@@ -1,4 +1,4 @@
-"""Memorization metrics: does a generated sample copy a training image (SCIENCE.md §2, §4)?
+"""Memorization metrics: does a generated sample copy a training image (docs/science.md §2, §4)?
 
 Every search runs in pixel space against the DE-DUPLICATED training set (`unique_images`, [N, ...]),
 with `is_duplicated` [N] marking the unique images that the training set repeats. Searching the raw,

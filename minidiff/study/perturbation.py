@@ -1,5 +1,5 @@
 """Prompt-perturbation baselines against memorization (Somepalli et al. 2023, "Understanding and
-Mitigating Copying in Diffusion Models", inference-time mitigations; SCIENCE.md §3).
+Mitigating Copying in Diffusion Models", inference-time mitigations; docs/science.md §3).
 
 The perturbations' parameters and their spec parsing are minidiff.core.specs' (`EmbeddingNoise`,
 `RandomTokens`, ...); this module applies them. Each acts on the conditional prompt only (the null

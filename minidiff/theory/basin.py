@@ -1,4 +1,4 @@
-"""Attraction-basin experiments on exact denoisers (Jain et al. 2025 on SCIENCE.md §5–6).
+"""Attraction-basin experiments on exact denoisers (Jain et al. 2025 on docs/science.md §5–6).
 
 The construction: a memorized condition is a mixture π·δ(x − a) + (1−π)·N(μ_c, Σ_c) — an atom
 at one training image a with weight π set by its duplication, plus a Gaussian fitted to the class —
@@ -201,7 +201,7 @@ def run_arms(run, setup: MemorizedSetup, x_T: np.ndarray, arms: Sequence[Arm], *
 
 
 def copies(samples: np.ndarray, setup: MemorizedSetup) -> np.ndarray:
-  """Copy test (SCIENCE.md §2): ‖x − a‖ < ‖x − NN₂‖/3, NN₂ the nearest other training image."""
+  """Copy test (docs/science.md §2): ‖x − a‖ < ‖x − NN₂‖/3, NN₂ the nearest other training image."""
   flat = np.asarray(samples, np.float64).reshape(-1, setup.atom.size)
   train = setup.images.reshape(len(setup.images), -1).astype(np.float64)
   d = _distances(flat, train)

@@ -1,4 +1,4 @@
-"""Exact minimum-MSE denoisers for densities known in closed form (SCIENCE.md §5).
+"""Exact minimum-MSE denoisers for densities known in closed form (docs/science.md §5).
 
 For data x₀ ~ p and x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε, the optimal ε-predictor is
 ε*(x_t, t) = (x_t − √ᾱ_t E[x₀|x_t]) / √(1−ᾱ_t), so each density only has to give its posterior
@@ -112,7 +112,7 @@ class EmpiricalDensity(_Methods):
     sq = (jnp.sum(y * y, axis=1, keepdims=True) - 2.0 * jnp.sqrt(alpha_bar)[:, None] * cross
           + alpha_bar[:, None] * jnp.sum(q * q, axis=1)[None, :])
     var = (1.0 - alpha_bar)[:, None]
-    # SCIENCE.md §5: logits_i = log π_i − ‖x_t − √ᾱ x_i‖² / (2(1 − ᾱ))
+    # docs/science.md §5: logits_i = log π_i − ‖x_t − √ᾱ x_i‖² / (2(1 − ᾱ))
     logits = self.log_weights[None, :] - jnp.maximum(sq, 0.0) / (2.0 * var)
     log_p = jax.nn.logsumexp(logits, axis=1) - 0.5 * d * jnp.log(2.0 * jnp.pi * var[:, 0])
     mean = jnp.matmul(jax.nn.softmax(logits, axis=1), self.points, precision=_HI)

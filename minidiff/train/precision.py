@@ -3,7 +3,7 @@
 `config.model.compute_dtype = "bfloat16"` casts the parameters and the noisy input to bf16 inside
 the jitted step (GroupNorm statistics are still reduced in float32 by flax), and the predicted noise
 back to float32 before the loss, so gradients arrive in float32 for the float32 master weights.
-Meant for GPUs and TPUs; on this CPU bf16 is slower (ENV-NOTES.md).
+Meant for GPUs and TPUs; on this CPU bf16 is no faster (measured, docs/performance.md).
 """
 from __future__ import annotations
 
