@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.num_duplicated_per_class = 20
   c.data.dup_factor = 10
   c.data.duplicated_classes = ()
+  c.data.n_unique_per_duplicated_class = 0  # every class the same size
   c.model.base_channels = 128
   c.model.channel_mults = (1, 2, 2, 2)
   c.model.num_res_blocks = 2

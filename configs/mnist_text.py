@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.num_duplicated_per_class = 1
   c.data.dup_factor = 40
   c.data.duplicated_classes = ()  # () = every class: K = 10 unique captions
+  c.data.n_unique_per_duplicated_class = 0  # every class the same size
 
   c.model.conditioning = "text"
   c.model.vocab_size = 128  # capacity; the tokenizer built from the captions must fit (69 tokens here)

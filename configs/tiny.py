@@ -11,6 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.num_duplicated_per_class = 1
   c.data.dup_factor = 3
   c.data.duplicated_classes = (0, 1)
+  c.data.n_unique_per_duplicated_class = 0  # every class the same size
   c.model.base_channels = 8
   c.model.channel_mults = (1, 2)
   c.model.attention_resolutions = (4,)

@@ -61,7 +61,7 @@ def test_outputs_shapes_and_batching(trained):
 
 def test_frechet_to_heldout(trained):
   distance, n_samples, n_reference = clf_lib.frechet_to_heldout(trained, trained.heldout_images)
-  assert (n_samples, n_reference) == (1000, 1000) and distance == pytest.approx(0.0, abs=1e-6)
+  assert (n_samples, n_reference) == (1500, 1500) and distance == pytest.approx(0.0, abs=1e-6)
   noise = np.random.default_rng(0).uniform(-1, 1, (200, 16, 16, 1)).astype(np.float32)
   far, n_samples, _ = clf_lib.frechet_to_heldout(trained, noise)
   # Every 5th held-out image keeps all classes (the split is sorted by label, like the data).
