@@ -31,6 +31,20 @@ from minidiff.core.schedule import make_schedule  # noqa: E402
 
 
 
+def load_model(workdir: str | None):
+  """(config, eps_apply, params, schedule): a trained run's EMA model, or without a workdir the
+  default config's UNet at its initialisation (timing only)."""
+  if workdir:
+    config = config_lib.load_workdir_config(workdir)
+    model, _ = train_state.load_ema_model(workdir, config)
+  else:
+    config = mnist_dup.get_config()
+    model = train_state.build_model(config)
+  graphdef, params = nnx.split(model, nnx.Param)
+  eps_apply = lambda p, x, t, c: nnx.merge(graphdef, p)(x, t, c)  # noqa: E731
+  return config, eps_apply, params, make_schedule(config.diffusion.schedule, config.diffusion.T)
+
+
 def main() -> None:
   p = argparse.ArgumentParser()
   p.add_argument("--workdir", default=None)
@@ -38,15 +52,7 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=50)
   p.add_argument("--repeats", type=int, default=3)
   args = p.parse_args()
-  if args.workdir:
-    config = config_lib.load_workdir_config(args.workdir)
-    model, _ = train_state.load_ema_model(args.workdir, config)
-  else:
-    config = mnist_dup.get_config()
-    model = train_state.build_model(config)
-  graphdef, params = nnx.split(model, nnx.Param)
-  eps_apply = lambda p, x, t, c: nnx.merge(graphdef, p)(x, t, c)  # noqa: E731
-  schedule = make_schedule(config.diffusion.schedule, config.diffusion.T)
+  config, eps_apply, params, schedule = load_model(args.workdir)
   b, r, ch = args.batch, config.data.resolution, config.data.channels
   null_id = config_lib.unet_config(config).null_id
   x_T = jax.random.normal(jax.random.key(0), (b, r, r, ch))  # noqa: N806

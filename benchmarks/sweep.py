@@ -21,13 +21,10 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 
-from configs import mnist_dup  # noqa: E402
+from benchmarks.sampler import load_model  # noqa: E402
 from minidiff import config as config_lib  # noqa: E402
 from minidiff.core import guidance, samplers  # noqa: E402
-from minidiff.core.schedule import make_schedule  # noqa: E402
-from minidiff.train import state as train_state  # noqa: E402
 
 TAUS = (200, 300, 400, 500, 600, 700, 800)
 
@@ -39,15 +36,7 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=50)
   p.add_argument("--w_pre", type=float, default=0.0, help="0: delayed CFG; −2: opposite guidance")
   args = p.parse_args()
-  if args.workdir:
-    config = config_lib.load_workdir_config(args.workdir)
-    model, _ = train_state.load_ema_model(args.workdir, config)
-  else:
-    config = mnist_dup.get_config()
-    model = train_state.build_model(config)
-  graphdef, params = nnx.split(model, nnx.Param)
-  eps_apply = lambda p, x, t, c: nnx.merge(graphdef, p)(x, t, c)  # noqa: E731
-  schedule = make_schedule(config.diffusion.schedule, config.diffusion.T)
+  config, eps_apply, params, schedule = load_model(args.workdir)
   b, r, ch = args.batch, config.data.resolution, config.data.channels
   x_T = jax.random.normal(jax.random.key(0), (b, r, r, ch))  # noqa: N806
   cond = jnp.arange(b, dtype=jnp.int32) % 10
