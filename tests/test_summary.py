@@ -59,3 +59,16 @@ def test_baseline_defaults_to_the_largest_w_cfg_arm_and_a_bad_one_is_named():
   assert summary.choose_baseline(arms, None) == "cfg:w=3"
   with pytest.raises(ValueError, match="--baseline='x' is not one of the arms"):
     summary.choose_baseline(arms, "x")
+
+
+def test_fd_interval_is_recentred_on_the_estimate():
+  import numpy as np
+  from minidiff.study import evaluation
+  rng = np.random.default_rng(0)
+  reference = rng.normal(size=(300, 4))
+  samples = rng.normal(loc=0.5, size=(60, 4))
+  fd = evaluation.frechet_with_interval(samples, reference, seed=0, num_resamples=100)
+  assert fd["ci"][0] < fd["value"] < fd["ci"][1]
+  assert fd["bootstrap_bias"] > 0  # resampled rows repeat: FD rises
+  again = evaluation.frechet_with_interval(samples, reference, seed=0, num_resamples=100)
+  assert again == fd  # deterministic per seed
