@@ -1,4 +1,5 @@
 """The one study engine end to end on the tiny class and text runs, and its no-overwrite rule."""
+import dataclasses
 import json
 import os
 
@@ -72,8 +73,12 @@ def test_a_study_folder_is_resumed_never_overwritten(tiny_run, tmp_path, classif
   opts = _options(classifier_cache)
   engine.run_study([tiny_run], "none,cfg", options=opts, outdir=out)
   before = os.path.getmtime(os.path.join(out, "seed_0", "none.npz"))
-  engine.run_study([tiny_run], "none,cfg", options=opts, outdir=out)  # the same study: resumed
+  # The same study (a new baseline only changes the analysis): resumed in place, nothing resampled.
+  engine.run_study([tiny_run], "none,cfg", options=dataclasses.replace(opts, baseline="none"),
+                   outdir=out)
+  assert not os.path.exists(out + "_2")
   assert os.path.getmtime(os.path.join(out, "seed_0", "none.npz")) == before
+  assert json.load(open(os.path.join(out, "results.json")))["baseline"] == "none"
   first = json.load(open(os.path.join(out, "results.json")))
   engine.run_study([tiny_run], "none,cfg:w=3", options=opts, outdir=out)  # another: a new folder
   assert json.load(open(os.path.join(out, "results.json"))) == first

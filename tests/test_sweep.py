@@ -17,6 +17,9 @@ def test_lists_ranges_and_products_expand_in_order():
   assert specs.expand_specs("none, conditional,interval:sigma_lo=0.1") == [
       "none", "conditional", "interval:sigma_lo=0.1"]
   assert specs.expand_specs("cfg:w=0.5:2:0.5") == ["cfg:w=0.5", "cfg:w=1", "cfg:w=1.5", "cfg:w=2"]
+  assert specs.expand_specs("cfg:w=1,3+random_tokens:k=4") == ["cfg:w=1+random_tokens:k=4",
+                                                               "cfg:w=3+random_tokens:k=4"]
+  assert specs.expand_specs("opposite:s=-1, 2") == ["opposite:s=-1", "opposite:s=2"]
 
 
 @pytest.mark.parametrize("text,match", [

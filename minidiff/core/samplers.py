@@ -403,8 +403,8 @@ def sample_switch_family(
   (`switch_step`). Every arm follows the same trajectory under w_pre until its own k_a, so the
   prefix is sampled once (steps 0 … max k_a − 1, recording x_t before every step) and each arm
   continues from its snapshot x_{k_a} under w_post with the keys of the full run (key k at step k).
-  The result equals running each arm on its own (same noises, same keys), up to float reassociation
-  when w_pre ∈ {0, 1} lets the prefix skip a branch.
+  Both branches are evaluated at every step, as a static transition run alone does, so samples and
+  diagnostics (d_t before the switch too) equal running each arm on its own (same noises, keys).
 
   Args:
     eps_fn, schedule, x_T, cond, null_cond, key, sampler, num_steps, eta, spacing, clip_x0: as in
@@ -417,7 +417,7 @@ def sample_switch_family(
     (x₀ [A, B, H, W, C], Diagnostics with a leading arm axis on d_eps, d_x0, w [A, S, B],
     transition_step [A, B] and x0 [A, 0, B, H, W, C] (no x̂₀ snapshots)).
   """
-  pre = _plan(schedule, guidance.Constant(w=w_pre), sampler, num_steps, eta, spacing, (), False)
+  pre = _plan(schedule, guidance.Constant(w=w_pre), sampler, num_steps, eta, spacing, (), True)
   post = _plan(schedule, guidance.Constant(w=w_post), sampler, num_steps, eta, spacing, (), True)
   _check_conds(post, cond, null_cond)
   S = len(pre.grid)  # noqa: N806

@@ -60,7 +60,7 @@ def _parse_part(part: str, where: str) -> tuple[str, list[tuple[str, list[str]]]
     if "=" in piece:
       close()
       key, value = piece.split("=", 1)
-      params.append((key, [v for v in value.split(",")]))
+      params.append((key.strip(), [v.strip() for v in value.split(",")]))
     elif _is_number(piece) and params:
       numbers.append(piece)
     else:
@@ -80,9 +80,10 @@ def split_specs(text: str) -> list[str]:
   for piece in (p.strip() for p in text.split(",")):
     if not piece:
       continue
-    if _is_number(piece.split(":", 1)[0]) and specs:
+    head = piece.split(":", 1)[0].split("+", 1)[0]  # `3+random_tokens:k=4` continues a list too
+    if _is_number(head) and specs:
       specs[-1] += "," + piece
-    elif _is_number(piece.split(":", 1)[0]):
+    elif _is_number(head):
       raise ValueError(f"Guidance list {text!r} starts with a number ({piece!r}); start with a "
                        f"strategy name, e.g. cfg:w={piece}.")
     else:

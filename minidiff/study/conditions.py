@@ -112,7 +112,7 @@ def default_prompts(manifest: Manifest, dataset: str, num: int) -> list[str]:
   num_classes = int(manifest.label.max()) + 1
   per_class = [captions_lib.class_captions(dataset, c) for c in range(num_classes)]
   classes = [per_class[c][j] for j in range(len(per_class[0])) for c in range(num_classes)]
-  n_mem = num // 2 if num > 1 else num
+  n_mem = 0 if not unique else (num // 2 if num > 1 else num)
   return ([unique[i % len(unique)] for i in range(n_mem)] +
           [classes[i % len(classes)] for i in range(num - n_mem)])
 

@@ -114,18 +114,25 @@ def run_study(workdirs: Sequence[str], arm_specs: str | Sequence[str] | None = N
   options.sampling.validate(config.diffusion.T, num_classes)
   baseline = summary.choose_baseline([(a.label, a.family, a.strategy) for a in arm_list],
                                      options.baseline)
-  identity = dict(version=RESULTS_VERSION, workdirs=[os.path.abspath(w) for w in workdirs],
-                  arms=[a.label for a in arm_list], options=_jsonable(options))
+  # What the samples depend on (analysis-only options such as the baseline or the tolerance are
+  # recomputed from the flags and may change on a resumed study); as JSON would read it back.
+  sampled = {k: v for k, v in _jsonable(options).items()
+             if k not in ("baseline", "tolerance", "figures", "fd_resamples")}
+  identity = json.loads(json.dumps(dict(version=RESULTS_VERSION,
+                                        workdirs=[os.path.abspath(w) for w in workdirs],
+                                        arms=[a.label for a in arm_list], options=sampled)))
   outdir = _outdir(outdir, workdirs, identity)
   os.makedirs(outdir, exist_ok=True)
   with open(os.path.join(outdir, "identity.json"), "w") as f:
     json.dump(identity, f, indent=2)
   t_start = time.perf_counter()
   seeds = []
+  compiled_cache: dict = {}  # the seeds share one architecture: compile each strategy once
   for i, workdir in enumerate(workdirs):
     log.info("Seed %d/%d: %s (config.seed=%d), %d arms × %d samples.", i + 1, len(workdirs),
              workdir, configs[i].seed, len(arm_list), options.sampling.num)
-    seeds.append(_study_one(workdir, arm_list, options, os.path.join(outdir, f"seed_{i}")))
+    seeds.append(_study_one(workdir, arm_list, options, os.path.join(outdir, f"seed_{i}"),
+                            compiled_cache))
   results = dict(version=RESULTS_VERSION, kind="text" if text else "class",
                  command=command or " ".join(sys.argv), workdirs=workdirs,
                  options=_jsonable(options), baseline=baseline,
@@ -180,7 +187,7 @@ def _classifier(config, options: StudyOptions):
 
 
 def _study_one(workdir: str, arm_list: Sequence[arms_lib.Arm], options: StudyOptions,
-               outdir: str) -> dict:
+               outdir: str, compiled_cache: dict) -> dict:
   """One training seed: sample (or reuse) every arm, measure, return the seed's JSON block."""
   config, eps_apply, params, schedule, null_id, step = sampling.load_sampling_model(workdir)
   subset = inputs.load_training_data(config)
@@ -191,11 +198,10 @@ def _study_one(workdir: str, arm_list: Sequence[arms_lib.Arm], options: StudyOpt
   run = arms_lib.SamplerRun(eps_apply, params, schedule, options.sampling,
                             sharding.mesh_from_config(config))
   arm_conditions = {a.label: conditions_lib.perturb(
-      conditions, a.perturbation, tokenizer=tokenizer, text_dim=config.model.get("text_dim", 0),
+      conditions, a.perturbation, tokenizer=tokenizer, text_dim=config_lib.unet_config(config).text_dim,
       seed=options.sampling.seed) for a in arm_list}
   os.makedirs(outdir, exist_ok=True)
   results: dict[str, sampling.SampleResult] = {}
-  compiled_cache: dict = {}
   families = arms_lib.switch_families(arm_list, x0_steps=options.sampling.x0_steps)
   done = 0
   for family in families:

@@ -52,7 +52,7 @@ def fd_cell(fd: dict | None) -> str:
 
 
 def seed_cell(r: dict) -> str:
-  if len(r["per_seed"]) < 2:
+  if len([v for v in r["per_seed"] if v is not None]) < 2:
     return "—"
   return f"{100 * r['seed_mean']:.1f} ± {100 * r['seed_std']:.1f}"
 
@@ -134,9 +134,10 @@ def render(results: dict) -> str:
               "|---|" + "---|" * len(seeds)]
     for a in results["arms"]:
       r = s["arms"][a["label"]]
+      pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+      aligned = r["alignment"]["per_seed"] or [None] * len(seeds)
       lines.append(f"| `{a['label']}` | " + " | ".join(
-          f"{100 * c:.1f}% / {100 * al:.1f}%" for c, al in
-          zip(r["copy_memorized"]["per_seed"], r["alignment"]["per_seed"])) + " |")
+          f"{pct(c)} / {pct(al)}" for c, al in zip(r["copy_memorized"]["per_seed"], aligned)) + " |")
   det = [(x["seed"], x["arms"][base]["detection"]) for x in seeds]
   lines += ["", f"## Detection under `{base}`", "",
             "AUC of d_t = ‖ε_c − ε_u‖₂ for memorized vs other conditions (and for copies vs "

@@ -54,8 +54,9 @@ def pooled_rate(results: dict, label: str, group: str, metric: str) -> dict[str,
   per_seed = [flags_of(s, label, group, metric) for s in results["seeds"]]
   k, n = int(sum(f.sum() for f in per_seed)), int(sum(len(f) for f in per_seed))
   ci = stats.wilson_interval(k, n)
-  rates = [float(f.mean()) for f in per_seed if len(f)]
-  spread = stats.seed_summary(rates) if rates else None
+  rates = [float(f.mean()) if len(f) else None for f in per_seed]  # None: no rows in that seed
+  present = [r for r in rates if r is not None]
+  spread = stats.seed_summary(present) if present else None
   return dict(k=k, n=n, rate=k / n if n else None, ci=[ci.low, ci.high], per_seed=rates,
               seed_mean=spread.mean if spread else None, seed_std=spread.std if spread else None)
 
@@ -115,7 +116,8 @@ def _frontier(results: dict, arms: dict, tolerance: float) -> dict[str, Any]:
   pareto = {f: [p.name for p in frontier.pareto_front([q for q in points if q.family == f])]
             for f in families}
   cfg_points = [p for p in points if p.family == "cfg" and p.name not in ("none", "conditional")]
-  reference = frontier.reference_alignment(cfg_points or points, family="cfg")
+  pool = cfg_points or [p for p in points if p.family == "cfg"]  # CFG proper: w > 1
+  reference = frontier.reference_alignment(pool, family="cfg")
   best = frontier.best_at_alignment(points, reference_alignment=reference, tolerance=tolerance,
                                     families=families)
   cfg_best = best.get("cfg")
@@ -132,5 +134,5 @@ def _frontier(results: dict, arms: dict, tolerance: float) -> dict[str, Any]:
                              alignment=paired(results, p.name, cfg_best.name, *ALIGNMENT))
     headline.append(row)
   return dict(reference=dict(alignment=reference, tolerance=tolerance,
-                             arm=max(cfg_points or points, key=lambda q: q.alignment).name),
+                             arm=max(pool, key=lambda q: q.alignment).name),
               headline=headline, pareto=pareto)
