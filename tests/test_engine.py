@@ -45,13 +45,16 @@ def test_class_study_over_two_seeds_writes_one_schema(tiny_run, tiny_run_seed1, 
   assert seed["fd_floor"]["n"] == 8
   assert seed["ema"]["effective_decay"] == pytest.approx(min(0.999, 7 / 16))  # step 6
   for name in ("results.json", "report.md", "frontier.png", "seed_0/cfg_w3_grid.png",
-               "seed_1/static_tau30.npz"):
+               "seed_1/static_tau30.npz", "seed_1/results.json", "seed_1/report.md"):
     assert os.path.exists(os.path.join(out, name)), name
   text = open(os.path.join(out, "report.md")).read()
   assert text.index("## Frontier") < text.index("## Every arm")
   # The report is regenerated from results.json alone, identically.
   assert report.main(["report", os.path.join(out, "results.json")]) == 0
   assert open(os.path.join(out, "report.md")).read() == text
+  one = json.load(open(os.path.join(out, "seed_1", "results.json")))
+  assert [s["seed"] for s in one["seeds"]] == [1]
+  assert one["summary"]["arms"]["none"]["copy_memorized"]["n"] == 4
 
 
 def test_static_arms_from_the_shared_prefix_equal_the_arms_alone(tiny_run, tmp_path,

@@ -154,14 +154,25 @@ def render(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def write(results: dict, outdir: str) -> str:
-  """Writes report.md and frontier.png into outdir; returns report.md's path."""
+def write(results: dict, outdir: str, *, per_seed: bool = True) -> str:
+  """Writes report.md and frontier.png into outdir and, with several seeds and `per_seed`, each
+  seed's own results.json, report.md and frontier.png into outdir/seed_<i>/; returns report.md's path."""
   from minidiff.study import figures  # matplotlib only when writing
   if results["summary"]["frontier"].get("reference"):
     figures.frontier_plot(results, os.path.join(outdir, "frontier.png"))
   path = os.path.join(outdir, "report.md")
   with open(path, "w") as f:
     f.write(render(results))
+  if per_seed and len(results["seeds"]) > 1:
+    for i, seed in enumerate(results["seeds"]):
+      sub = os.path.join(outdir, f"seed_{i}")
+      os.makedirs(sub, exist_ok=True)
+      one = dict(results, seeds=[dict(seed, figures={t: os.path.relpath(os.path.join(outdir, p), sub)
+                                                     for t, p in seed.get("figures", {}).items()})])
+      one["summary"] = summary_lib.summarize(one, tolerance=results["summary"]["tolerance"])
+      with open(os.path.join(sub, "results.json"), "w") as f:
+        json.dump(one, f, indent=1)
+      write(one, sub, per_seed=False)
   return path
 
 
