@@ -37,7 +37,7 @@ def main() -> None:
   p.add_argument("--control", default=None)
   args = p.parse_args()
   r = _load(args.results)
-  s = r["summary"]
+  s = r["summary"]["arms"]
   labels = [a["label"] for a in r["arms"]]
   text = report.render(r)
   print(text[text.find("## Frontier"):text.find("## Every arm")])
