@@ -167,7 +167,10 @@ def parse_guidance(specs: str | Sequence[str], *, T: int, overrides: dict[str, s
         kw[k] = v
         used.add(k)
     strategy = guidance.make_strategy(name, **kw)
-    strategy.validate(T)
+    try:
+      strategy.validate(T)
+    except ValueError as e:
+      raise ValueError(f"Guidance spec {item!r}: {e}") from None
     out.append(GuidanceSpec(item, strategy))
   unused = set(overrides) - used
   if unused:
