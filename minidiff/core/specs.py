@@ -121,6 +121,11 @@ def expand_specs(text: str) -> list[str]:
   return arms
 
 
+def slug(label: str) -> str:
+  """A file-name-safe form of a spec label: `static:tau=600` → `static_tau600`."""
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", label.replace(":", "_").replace("=", "").replace("+", "_"))
+
+
 @dataclasses.dataclass(frozen=True)
 class GuidanceSpec:
   label: str  # the spec as written, e.g. "static:tau=600"
@@ -129,7 +134,7 @@ class GuidanceSpec:
   @property
   def slug(self) -> str:
     """A file-name-safe form of the label."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label.replace(":", "_").replace("=", ""))
+    return slug(self.label)
 
 
 def _split(specs: str | Sequence[str]) -> list[str]:
@@ -271,7 +276,7 @@ class TextSpec:
 
   @property
   def slug(self) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label.replace(":", "_").replace("=", "").replace("+", "_"))
+    return slug(self.label)
 
 
 def parse_specs(specs: str | Sequence[str], *, T: int, overrides: dict[str, str] | None = None  # noqa: N803

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from typing import Any, Callable, Sequence
 
 import jax
@@ -42,8 +41,7 @@ class Arm:
   @property
   def slug(self) -> str:
     """A file-name-safe form of the label."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_",
-                  self.label.replace(":", "_").replace("=", "").replace("+", "_"))
+    return specs_lib.slug(self.label)
 
 
 def parse_arms(text: str | Sequence[str], *, T: int, overrides: dict[str, str] | None = None,  # noqa: N803
