@@ -156,6 +156,20 @@ def _written_study(outdir: str | None) -> str | None:
   return max(found)[1] if found else None
 
 
+def _data_dir_for_the_classifier() -> None:
+  """The evaluation classifier loads the dataset by name: point it at the run's data.data_dir."""
+  import json  # noqa: PLC0415
+
+  path = os.path.join((FLAGS.workdirs or [FLAGS.workdir])[0], "config.json")
+  try:
+    with open(path) as f:
+      data_dir = json.load(f).get("data", {}).get("data_dir", "")
+  except (OSError, ValueError, AttributeError):
+    return  # the engine reports a missing or corrupt config.json
+  if data_dir and not os.environ.get("MINIDIFF_DATA_DIR"):
+    os.environ["MINIDIFF_DATA_DIR"] = data_dir
+
+
 def main(argv):
   if len(argv) > 1:
     print(f"error: unexpected argument(s) {' '.join(argv[1:])}; flags are written --name=value "
@@ -167,6 +181,7 @@ def main(argv):
     kw = dict(overrides=_overrides(), classes=_ints(FLAGS.classes, "classes"), prompts=_prompts(),
               x0_steps=_ints(FLAGS.x0_steps, "x0_steps"),
               memorized_classes=_ints(FLAGS.memorized_classes, "memorized_classes"))
+    _data_dir_for_the_classifier()
     from minidiff.study import engine, sampling  # noqa: PLC0415 (after the flags: errors stay fast)
     sampling.show_step_progress(True)
     engine.sample_and_study(

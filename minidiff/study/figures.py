@@ -106,9 +106,15 @@ def labelled_grid(samples: np.ndarray, conditions: Sequence[str], path: str, *,
       if copies is not None and copies[i]:  # a red frame in the gap around the image
         canvas[y - 2:y, x - 2:x + cw + 2] = canvas[y + ch:y + ch + 2, x - 2:x + cw + 2] = (1, 0, 0)
         canvas[y - 2:y + ch + 2, x - 2:x] = canvas[y - 2:y + ch + 2, x + cw:x + cw + 2] = (1, 0, 0)
+  subset = (f"all {n} samples" if shown == n else
+            f"{shown} of {n} samples (the first {max_rows} rows of ≤ {max_per_row})")
+  framed = "red frame: a copy of a training image" if copies is not None else ""
+  heading = [x for x in (title, subset, framed) if x]
   dpi = 100
   label_in = 0.08 * max(len(lbl) for lbl, _ in rows) + 0.3
-  fig = plt.figure(figsize=(canvas.shape[1] / dpi + label_in, canvas.shape[0] / dpi + 0.7), dpi=dpi)
+  width = max(canvas.shape[1] / dpi + label_in, 0.075 * max(len(x) for x in heading) + 0.2)
+  top = 0.18 * len(heading) + 0.15
+  fig = plt.figure(figsize=(width, canvas.shape[0] / dpi + 0.1 + top), dpi=dpi)
   ax = fig.add_axes([label_in / fig.get_figwidth(), 0.1 / fig.get_figheight(),
                      canvas.shape[1] / dpi / fig.get_figwidth(), canvas.shape[0] / dpi / fig.get_figheight()])
   ax.imshow(canvas, interpolation="nearest")
@@ -118,11 +124,7 @@ def labelled_grid(samples: np.ndarray, conditions: Sequence[str], path: str, *,
   ax.tick_params(length=0)
   for spine in ax.spines.values():
     spine.set_visible(False)
-  subset = (f"all {n} samples" if shown == n else
-            f"{shown} of {n} samples (the first {max_rows} rows of ≤ {max_per_row})")
-  framed = " · red frame: a copy of a training image" if copies is not None else ""
-  fig.text(0.01, 1 - 0.3 / fig.get_figheight(), f"{title} — {subset}{framed}" if title else
-           f"{subset}{framed}", fontsize=9, va="center")
+  fig.text(0.1 / width, 1 - 0.08 / fig.get_figheight(), "\n".join(heading), fontsize=9, va="top")
   fig.savefig(path, dpi=dpi)
   plt.close(fig)
   return dict(shown=int(shown), total=int(n), rows=len(rows))

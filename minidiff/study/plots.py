@@ -65,8 +65,8 @@ def plot_d_curves(t: np.ndarray, d: np.ndarray, transition_step: np.ndarray, pat
     if varies:  # per-sample weights (a dynamic transition): a few samples, then the median
       for j in range(min(w.shape[1], 10)):
         wax.plot(t, w[:, j], color="black", alpha=0.15, lw=0.8, drawstyle="steps-mid")
-    handles += wax.plot(t, np.median(w, axis=1), color="black", lw=1.5, ls="--",
-                        drawstyle="steps-mid", label="guidance weight w (median)" if varies
+    handles += wax.plot(t, np.median(w, axis=1), color="black", lw=1.5, ls="--", marker=".",
+                        ms=4, drawstyle="steps-mid", label="guidance weight w (median)" if varies
                         else "guidance weight w")
     wax.set_ylabel("guidance weight w")
     lo, hi = float(np.min(w)), float(np.max(w))
