@@ -14,8 +14,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "mnist_offline"  # or mnist / fashion_mnist / cifar10 (tfds, prepared in data_dir)
-  c.data.data_dir = ""  # tfds data_dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.data.name = "mnist_offline"  # or mnist / fashion_mnist / cifar10 / cifar100 (files in data_dir)
+  c.data.data_dir = ""  # IDX files, CIFAR tarball or tfds; "" = $MINIDIFF_DATA_DIR or $TFDS_DATA_DIR
   c.data.resolution = 16
   c.data.channels = 1
   c.data.n_unique_per_class = 200

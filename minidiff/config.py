@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 from typing import Any, Callable, Sequence
@@ -21,11 +22,14 @@ from minidiff.data import datasets as data_lib
 from minidiff.data.duplication import DuplicationSpec
 from minidiff.nn.unet import UNetConfig
 
+log = logging.getLogger(__name__)
+
 # Fields that may change when a run is resumed (they do not change what has been trained so far).
 RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.max_to_keep",
                     "data.data_dir", "sample", "study", "parallel")
 # Fields added after runs were saved: a saved config without them had these values.
-ADDED_FIELD_DEFAULTS = {"model.compute_dtype": "float32", "data.n_unique_per_duplicated_class": 0}
+ADDED_FIELD_DEFAULTS = {"model.compute_dtype": "float32", "data.n_unique_per_duplicated_class": 0,
+                        "data.data_dir": ""}
 
 
 REQUIRED = object()  # a field without a default: a config must set it
@@ -68,7 +72,7 @@ _UNET = {f.name: f.default for f in dataclasses.fields(UNetConfig)}
 class DataSection:
   name: str = _one_of(data_lib.DATASET_NAMES, "{where} is unknown; choose one of "
                       + ", ".join(data_lib.DATASET_NAMES) + ".")
-  data_dir: str = _field(str)
+  data_dir: str = _field(str, default="")  # the dataset's files (or tfds data_dir); "" = defaults
   resolution: int = _at_least(4)
   channels: int = _field(int)  # checked against the dataset below
   n_unique_per_class: int = _field(int)  # DuplicationSpec.validate checks the duplication fields
@@ -185,7 +189,8 @@ FIELD_TYPES: dict[str, type] = {k: f.metadata["rule"].kind for k, f in _table().
 OPTIONAL_FIELDS: dict[str, type] = {k: f.metadata["rule"].kind for k, f in _table().items()
                                     if f.default is not dataclasses.MISSING}
 # Images per class in each dataset's training split (MNIST's smallest class, 5, has 5,421).
-IMAGES_PER_CLASS = {data_lib.OFFLINE_MNIST: 500, "mnist": 5421, "fashion_mnist": 6000, "cifar10": 5000}
+IMAGES_PER_CLASS = {data_lib.OFFLINE_MNIST: 500, "mnist": 5421, "fashion_mnist": 6000, "cifar10": 5000,
+                    "cifar100": 500}
 # What UNetConfig.validate calls each of its fields in a message.
 _UNET_NAMES = {"resolution": "config.data.resolution", "in_channels": "config.data.channels",
                **{f: f"config.model.{f}" for f in _UNET if f not in ("resolution", "in_channels")}}
@@ -292,7 +297,7 @@ def validate_config(config: ml_collections.ConfigDict) -> Config:
   """
   c = sections(config)
   d = c.data
-  expected_channels = 3 if d.name == "cifar10" else 1
+  expected_channels = data_lib.CHANNELS.get(d.name, 1)
   _check(d.channels == expected_channels,
          f"config.data.channels={d.channels} but {d.name} has {expected_channels} channel(s).")
   unet_config(c).validate(names=_UNET_NAMES)  # the architecture's checks, in one place
@@ -353,21 +358,48 @@ def is_resumable(key: str) -> bool:
   return any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS)
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir/checkpoints` holds a finished checkpoint (a folder named by its step)."""
+  folder = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
+
+
+def _read_json(path: str, workdir: str) -> dict:
+  """config.json's content; a file that is not valid JSON is a ValueError naming it and the fix."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(
+        f"{path} is not valid JSON ({type(e).__name__}: {str(e).splitlines()[0][:120]}); it was "
+        f"cut short or edited. Restore it, or delete it to let the next train.py call rewrite it "
+        f"from --config (the checkpoints in {workdir} must match that config).") from None
+
+
 def check_or_write_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes workdir/config.json, or refuses when the workdir holds a run with a different config.
 
   Only RESUMABLE_FIELDS (e.g. train.steps) may differ; anything else means the checkpoints there
-  belong to another experiment, and they are never overwritten.
+  belong to another experiment, and they are never overwritten. A workdir with no checkpoint yet
+  (a start that failed, e.g. on missing data, before its first save) holds nothing trained: its
+  config.json is replaced by the new one.
   """
   path = os.path.join(workdir, "config.json")
   os.makedirs(workdir, exist_ok=True)
   new = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+    try:
+      old = _read_json(path, workdir)
+    except ValueError:
+      if has_checkpoint(workdir):
+        raise
+      old = {}
     a, b = {**ADDED_FIELD_DEFAULTS, **flatten(old)}, flatten(new)
     diffs = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not is_resumable(k))
-    if diffs:
+    if diffs and not has_checkpoint(workdir):
+      log.info("%s holds no checkpoint (an earlier start stopped before its first save): its "
+               "config.json is replaced by this run's.", workdir)
+    elif diffs:
       lines = "\n".join(f"  {k}: saved {a.get(k)!r} → given {b.get(k)!r}" for k in diffs)
       raise ValueError(
           f"{workdir} holds a run trained with a different config:\n{lines}\n"
@@ -385,9 +417,7 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a training workdir? "
                             f"Train first: python train.py --config configs/mnist_dup.py --workdir {workdir}")
-  with open(path) as f:
-    d = json.load(f)
-  return ml_collections.ConfigDict(_tuplify(d))
+  return ml_collections.ConfigDict(_tuplify(_read_json(path, workdir)))
 
 
 def _tuplify(d):

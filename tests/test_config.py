@@ -167,6 +167,7 @@ def test_workdir_config_guard(tiny_config, tmp_path):
   assert saved["train"]["steps"] == tiny_config.train.steps
   tiny_config.train.steps = 99  # resuming with more steps is allowed …
   config_lib.check_or_write_workdir_config(tiny_config, workdir)
+  os.makedirs(os.path.join(workdir, "checkpoints", "3"))  # something trained: then …
   tiny_config.model.base_channels = 16  # … a different model is not.
   with pytest.raises(ValueError, match=r"model.base_channels: saved 8 → given 16"):
     config_lib.check_or_write_workdir_config(tiny_config, workdir)

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 from flax import serialization
+from tqdm import tqdm
 
 from minidiff.data import datasets as data_lib
 from minidiff.metrics import frechet
@@ -162,6 +163,8 @@ def train_convnet(images: np.ndarray, labels: np.ndarray, *, num_classes: int, s
   key = jax.random.key(seed)
   order_rng = np.random.default_rng(seed)
   x_all, y_all = jnp.asarray(images), jnp.asarray(labels)
+  bar = tqdm(total=settings.epochs, desc=f"evaluation classifier ({n} images)", unit="epoch",
+             dynamic_ncols=True, mininterval=1.0)
   for epoch in range(settings.epochs):
     perm = order_rng.permutation(n)
     for i in range(steps_per_epoch):
@@ -169,7 +172,10 @@ def train_convnet(images: np.ndarray, labels: np.ndarray, *, num_classes: int, s
       state, loss = _train_step(state, x_all[idx], y_all[idx],
                                 jax.random.fold_in(key, epoch * steps_per_epoch + i),
                                 graphdef=graphdef, max_shift=settings.max_shift)
+    bar.set_postfix(loss=f"{float(loss):.4f}")
+    bar.update(1)
     logger.debug("classifier epoch %d: last batch loss %.4f", epoch, float(loss))
+  bar.close()
   model, _ = nnx.merge(graphdef, state)
   return model
 

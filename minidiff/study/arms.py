@@ -94,7 +94,7 @@ def run_arm(run: SamplerRun, arm: Arm, conditions: ConditionSet, x_T: np.ndarray
 
   (out,), compile_s, sample_s = sampling.sample_in_batches(
       compiled_for, run.params, x_T, conditions.cond, conditions.null, key, batch=o.batch,
-      mesh=run.mesh)
+      mesh=run.mesh, desc=arm.label, steps_per_batch=o.num_steps)
   result = sampling.to_result(out, conditions.requested_class, compile_s, sample_s)
   sampling.check_finite(result, arm.label)
   return result
@@ -134,7 +134,8 @@ def run_switch_family(run: SamplerRun, family: Sequence[Arm], conditions: Condit
   compiled_for = lambda *example: jax.jit(fn).lower(*example).compile()  # noqa: E731
   outs, compile_s, sample_s = sampling.sample_in_batches(
       compiled_for, run.params, x_T, conditions.cond, conditions.null, key, batch=o.batch,
-      mesh=run.mesh, num_arms=len(family))
+      mesh=run.mesh, num_arms=len(family), desc=f"{family[0].label} … {family[-1].label}",
+      steps_per_batch=int(steps.max() + (len(grid) - steps).sum()))  # the prefix, then each arm
   results = {}
   for arm, out in zip(family, outs):
     # The shared cost is split evenly: per-arm samples/s then add up to the family's wall time.

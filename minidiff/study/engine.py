@@ -156,6 +156,8 @@ def run_study(workdirs: Sequence[str], arm_specs: str | Sequence[str] | None = N
 def _jsonable(options: StudyOptions) -> dict:
   d = dataclasses.asdict(options)
   d.pop("classifier_cache")
+  if d["sampling"]["step"] is None:  # the latest checkpoint: as before `step` existed
+    d["sampling"].pop("step")
   d["prompts"] = list(d["prompts"])
   return d
 
@@ -189,7 +191,8 @@ def _classifier(config, options: StudyOptions):
 def _study_one(workdir: str, arm_list: Sequence[arms_lib.Arm], options: StudyOptions,
                outdir: str, compiled_cache: dict) -> dict:
   """One training seed: sample (or reuse) every arm, measure, return the seed's JSON block."""
-  config, eps_apply, params, schedule, null_id, step = sampling.load_sampling_model(workdir)
+  config, eps_apply, params, schedule, null_id, step = sampling.load_sampling_model(
+      workdir, step=options.sampling.step)
   subset = inputs.load_training_data(config)
   manifest = subset.manifest
   conditions, tokenizer = _conditions(config, workdir, manifest, options, null_id)
@@ -241,6 +244,7 @@ def _study_one(workdir: str, arm_list: Sequence[arms_lib.Arm], options: StudyOpt
     arms_out[a.label] = _evaluate_arm(ctx, dataclasses.replace(ctx, conditions=arm_conditions[a.label]),
                                       results[a.label], seed=options.sampling.seed,
                                       fd_resamples=options.fd_resamples)
+    sampling.attach_measurements(os.path.join(outdir, f"{a.slug}.npz"), arms_out[a.label])
   figs = (figures.arm_figures(outdir, arm_list, results, arm_conditions, subset.unique_images,
                               ctx.conditions, arms_out) if options.figures else {})
   ema = config.train.ema_decay
@@ -296,7 +300,8 @@ def sample_and_study(workdirs: str | Sequence[str], arm_specs: str | None = None
                      classes: tuple[int, ...] = (), prompts: Sequence[str] = (),
                      num_steps: int | None = None, eta: float | None = None,
                      sampler: str | None = None, spacing: str | None = None, seed: int = 0,
-                     batch: int = 200, x0_steps: tuple[int, ...] = (), baseline: str | None = None,
+                     batch: int = 200, x0_steps: tuple[int, ...] = (), step: int | None = None,
+                     baseline: str | None = None,
                      memorized_share: float = 0.5, memorized_classes: tuple[int, ...] = (),
                      tolerance: float = 0.03,
                      outdir: str | None = None, classifier_cache: str | None = None,
@@ -315,7 +320,7 @@ def sample_and_study(workdirs: str | Sequence[str], arm_specs: str | None = None
   num = config.study.num_samples if num is None else num  # --num 0 is an error, not the default
   sampling_options = sampling.options_from_config(
       config, num=num, classes=tuple(classes), num_steps=num_steps, eta=eta, sampler=sampler,
-      spacing=spacing, seed=seed, batch=batch, x0_steps=tuple(x0_steps))
+      spacing=spacing, seed=seed, batch=batch, x0_steps=tuple(x0_steps), step=step)
   options = StudyOptions(sampling=sampling_options, memorized_share=memorized_share,
                          memorized_classes=tuple(memorized_classes),
                          prompts=tuple(prompts), baseline=baseline, tolerance=tolerance,

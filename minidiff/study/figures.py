@@ -63,24 +63,71 @@ def frontier_plot(results: dict, path: str) -> None:
   plots.save_figure(fig, path)
 
 
-def labelled_grid(samples: np.ndarray, titles: Sequence[str], path: str, *,
-                  copies: np.ndarray | None = None, ncols: int = 10) -> None:
-  """Samples [N, H, W, C] in [−1, 1], each titled with its requested condition; copies framed red."""
-  n = len(samples)
-  nrows = -(-n // ncols)
-  fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 0.9, nrows * 1.05), squeeze=False)
-  for i, ax in enumerate(axes.flat):
-    ax.set_xticks([]), ax.set_yticks([])
-    if i >= n:
-      ax.axis("off")
-      continue
-    img = (np.clip(samples[i], -1, 1) + 1) / 2
-    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-    ax.set_title(titles[i], fontsize=6)
-    if copies is not None and copies[i]:
-      for spine in ax.spines.values():
-        spine.set_color("red"), spine.set_linewidth(2)
-  plots.save_figure(fig, path, dpi=100)
+def grid_rows(conditions: Sequence[str], *, max_per_row: int = 25, max_rows: int = 48,
+              first: Sequence[str] = ()) -> tuple[list[tuple[str, list[int]]], int]:
+  """The rows of a labelled grid: one condition per row (those in `first`, then the others, each
+  in order of first appearance), holding the indices of its samples in order; a condition with
+  more than `max_per_row` samples continues on the next row. At most `max_rows` rows are kept.
+
+  Returns ([(label, sample indices)], number of samples shown).
+  """
+  order = list(dict.fromkeys([c for c in conditions if c in set(first)] + list(conditions)))
+  rows = []
+  for label in order:
+    idx = [i for i, c in enumerate(conditions) if c == label]
+    for start in range(0, len(idx), max_per_row):
+      rows.append((label, idx[start:start + max_per_row]))
+  rows = rows[:max_rows]
+  return rows, sum(len(r) for _, r in rows)
+
+
+def labelled_grid(samples: np.ndarray, conditions: Sequence[str], path: str, *,
+                  copies: np.ndarray | None = None, first: Sequence[str] = (),
+                  title: str = "", max_per_row: int = 25, max_rows: int = 48,
+                  pixels: int = 48) -> dict:
+  """Samples [N, H, W, C] in [−1, 1] as a grid with one condition per row, labelled on the left
+  (`grid_rows`); copies framed red. Each image is drawn `pixels` px wide (integer upscaling).
+  The title says what is shown: all N samples, or which subset.
+
+  Returns {"shown": n, "total": N, "rows": number of rows}.
+  """
+  n, h, w, c = samples.shape
+  rows, shown = grid_rows(conditions, max_per_row=max_per_row, max_rows=max_rows, first=first)
+  scale = max(1, pixels // max(h, w))
+  ch, cw, gap = h * scale, w * scale, 4
+  ncols = max(len(r) for _, r in rows)
+  canvas = np.ones((len(rows) * (ch + gap) + gap, ncols * (cw + gap) + gap, 3), np.float32)
+  for r, (_, idx) in enumerate(rows):
+    for q, i in enumerate(idx):
+      y, x = gap + r * (ch + gap), gap + q * (cw + gap)
+      img = (np.clip(samples[i], -1, 1) + 1) / 2
+      img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+      canvas[y:y + ch, x:x + cw] = img if c == 3 else img[..., :1]
+      if copies is not None and copies[i]:  # a red frame in the gap around the image
+        canvas[y - 2:y, x - 2:x + cw + 2] = canvas[y + ch:y + ch + 2, x - 2:x + cw + 2] = (1, 0, 0)
+        canvas[y - 2:y + ch + 2, x - 2:x] = canvas[y - 2:y + ch + 2, x + cw:x + cw + 2] = (1, 0, 0)
+  subset = (f"all {n} samples" if shown == n else
+            f"{shown} of {n} samples (the first {max_rows} rows of ≤ {max_per_row})")
+  framed = "red frame: a copy of a training image" if copies is not None else ""
+  heading = [x for x in (title, subset, framed) if x]
+  dpi = 100
+  label_in = 0.08 * max(len(lbl) for lbl, _ in rows) + 0.3
+  width = max(canvas.shape[1] / dpi + label_in, 0.075 * max(len(x) for x in heading) + 0.2)
+  top = 0.18 * len(heading) + 0.15
+  fig = plt.figure(figsize=(width, canvas.shape[0] / dpi + 0.1 + top), dpi=dpi)
+  ax = fig.add_axes([label_in / fig.get_figwidth(), 0.1 / fig.get_figheight(),
+                     canvas.shape[1] / dpi / fig.get_figwidth(), canvas.shape[0] / dpi / fig.get_figheight()])
+  ax.imshow(canvas, interpolation="nearest")
+  ax.set_xticks([])
+  ax.set_yticks([gap + r * (ch + gap) + ch / 2 for r in range(len(rows))])
+  ax.set_yticklabels([lbl for lbl, _ in rows], fontsize=8)
+  ax.tick_params(length=0)
+  for spine in ax.spines.values():
+    spine.set_visible(False)
+  fig.text(0.1 / width, 1 - 0.08 / fig.get_figheight(), "\n".join(heading), fontsize=9, va="top")
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return dict(shown=int(shown), total=int(n), rows=len(rows))
 
 
 def copy_pairs(samples: np.ndarray, training: np.ndarray, titles: Sequence[str], path: str) -> None:
@@ -99,40 +146,48 @@ def copy_pairs(samples: np.ndarray, training: np.ndarray, titles: Sequence[str],
   plots.save_figure(fig, path, dpi=100)
 
 
-def _title(conditions: ConditionSet, i: int) -> str:
+def _title(conditions: ConditionSet, i: int, *, width: int = 18) -> str:
   if conditions.prompts is not None:
     p = conditions.prompts[i]
-    return p if len(p) <= 18 else p[:17] + "…"
+    return p if len(p) <= width else p[:width - 1] + "…"
   return f"class {int(conditions.requested_class[i])}"
 
 
 def arm_figures(outdir: str, arms: Sequence, results: Mapping, arm_conditions: Mapping,
                 unique_images: np.ndarray, conditions: ConditionSet,
-                rows: Mapping[str, dict], *, per_group: int = 20) -> dict[str, str]:
-  """Per arm: a grid of memorized and other conditions (labelled, copies framed) and up to 10
-  copies beside their training images; d_t of memorized vs other conditions under the first arm
-  that records it. Returns title → path relative to the study folder."""
+                rows: Mapping[str, dict]) -> dict[str, str]:
+  """Per arm: a grid of every sample, one condition per row (memorized conditions first, labelled,
+  copies framed), up to 10 copies beside their training images, and d_t with the applied w(t);
+  d_t of memorized vs other conditions under the first arm that records it. Returns title → path
+  relative to the study folder."""
   figs: dict[str, str] = {}
   rel = lambda p: os.path.relpath(p, os.path.dirname(outdir))  # noqa: E731
   mem = conditions.groups["memorized"]
-  show = np.concatenate([np.flatnonzero(mem)[:per_group], np.flatnonzero(~mem)[:per_group]])
   for arm in arms:
     r, cs = results[arm.label], arm_conditions[arm.label]
     copies = np.frombuffer(rows[arm.label]["flags"]["copy"].encode(), np.uint8) == ord("1")
+    labels = [_title(cs, i, width=40) + (" (memorized)" if mem[i] else "") for i in range(len(cs))]
     path = os.path.join(outdir, f"{arm.slug}_grid.png")
-    labelled_grid(r.samples[show], [_title(cs, i) for i in show], path, copies=copies[show])
-    figs[f"{arm.label}: samples (first rows memorized conditions; copies framed red)"] = rel(path)
+    shown = labelled_grid(r.samples, labels, path, copies=copies, title=arm.label,
+                          first=[lbl for lbl, m in zip(labels, mem) if m])
+    what = "all" if shown["shown"] == shown["total"] else f"{shown['shown']} of {shown['total']}"
+    figs[f"{arm.label}: {what} samples, one condition per row (memorized first; copies framed red)"] = rel(path)
     idx = np.flatnonzero(copies)[:10]
     if len(idx):
       nn = np.asarray(rows[arm.label]["nn_index"])[idx]
       path = os.path.join(outdir, f"{arm.slug}_copies.png")
       copy_pairs(r.samples[idx], unique_images[nn], [_title(cs, i) for i in idx], path)
       figs[f"{arm.label}: copies beside the training images they copy"] = rel(path)
+    path = os.path.join(outdir, f"{arm.slug}_dt.png")
+    plots.plot_d_curves(r.t, r.d_eps, r.transition_step, path, w=r.w,
+                        title=f"{arm.label}: d_t and the guidance weight w(t)",
+                        groups={"memorized conditions": mem, "other conditions": ~mem})
+    figs[f"{arm.label}: d_t and w(t)"] = rel(path)
   ref = next((a for a in arms if np.isfinite(results[a.label].d_eps).all()), None)
   if ref is not None:
     r = results[ref.label]
     path = os.path.join(outdir, "dt_memorized_vs_other.png")
-    plots.plot_d_curves(r.t, r.d_eps, r.transition_step, path,
+    plots.plot_d_curves(r.t, r.d_eps, r.transition_step, path, w=r.w,
                         title=f"{ref.label}: d_t of memorized vs other conditions",
                         groups={"memorized conditions": mem, "other conditions": ~mem})
     figs[f"d_t under {ref.label}"] = rel(path)

@@ -31,14 +31,17 @@ def save_grid(images: np.ndarray, path: str, *, ncols: int = 10, scale: int = 2)
 
 def plot_d_curves(t: np.ndarray, d: np.ndarray, transition_step: np.ndarray, path: str, *,
                   title: str, groups: dict[str, np.ndarray] | None = None, max_curves: int = 40,
-                  ylabel: str = "d_t = ‖ε_c − ε_u‖₂") -> None:
-  """d [S, B] against the timestep t [S] (sampling runs right to left), transitions as dots.
+                  ylabel: str = "d_t = ‖ε_c − ε_u‖₂", w: np.ndarray | None = None) -> None:
+  """d [S, B] against the timestep t [S] (sampling runs right to left), transitions as dots, and
+  the applied guidance weight w [S, B] (if given) on a second axis.
 
   `groups` maps a legend name to a boolean mask over the batch (e.g. copies vs non-copies); each
-  group gets its own colour, its median curve drawn thick.
+  group gets its own colour, its median curve drawn thick. When d is NaN throughout (a strategy
+  that evaluates one branch records no d), the axes say so instead of staying empty.
   """
   groups = groups or {"samples": np.ones(d.shape[1], bool)}
   fig, ax = plt.subplots(figsize=(7, 4))
+  handles = []
   for (name, mask), colour in zip(groups.items(), ["tab:red", "tab:blue", "tab:green", "tab:gray"]):
     idx = np.flatnonzero(mask)
     if not len(idx) or np.all(np.isnan(d[:, idx])):
@@ -48,26 +51,52 @@ def plot_d_curves(t: np.ndarray, d: np.ndarray, transition_step: np.ndarray, pat
       k = transition_step[j]
       if k >= 0:
         ax.plot(t[k], d[k, j], "o", color=colour, ms=3, alpha=0.6)
-    ax.plot(t, np.nanmedian(d[:, idx], axis=1), color=colour, lw=2.5, label=f"{name} (n={len(idx)})")
+    handles += ax.plot(t, np.nanmedian(d[:, idx], axis=1), color=colour, lw=2.5,
+                       label=f"{name} (n={len(idx)})")
+  if not handles:
+    ax.text(0.5, 0.5, "no d recorded: this strategy evaluates one branch\n(sample with "
+            "compute_d=True to record d_t)", transform=ax.transAxes, ha="center", va="center",
+            fontsize=10, color="0.4")
+    ax.set_yticks([])
+  if w is not None:
+    wax = ax.twinx()
+    w = np.asarray(w, np.float64)
+    varies = np.ptp(w, axis=1).max() > 0 if w.size else False
+    if varies:  # per-sample weights (a dynamic transition): a few samples, then the median
+      for j in range(min(w.shape[1], 10)):
+        wax.plot(t, w[:, j], color="black", alpha=0.15, lw=0.8, drawstyle="steps-mid")
+    handles += wax.plot(t, np.median(w, axis=1), color="black", lw=1.5, ls="--", marker=".",
+                        ms=4, drawstyle="steps-mid", label="guidance weight w (median)" if varies
+                        else "guidance weight w")
+    wax.set_ylabel("guidance weight w")
+    lo, hi = float(np.min(w)), float(np.max(w))
+    pad = max(0.5, 0.1 * (hi - lo))
+    wax.set_ylim(lo - pad, hi + pad)
   ax.set_xlim(t.max(), t.min())
   ax.set_xlabel("timestep t (sampling runs →)")
   ax.set_ylabel(ylabel)
   ax.set_title(title)
-  ax.legend(loc="best", fontsize=8)
+  if handles:
+    ax.legend(handles=handles, loc="best", fontsize=8)
   save_figure(fig, path)
 
 
 def plot_transition_hist(t: np.ndarray, transitions: dict[str, np.ndarray], path: str) -> None:
-  """Histogram of the transition timestep per strategy (samples that never switched are counted)."""
+  """Histogram of the transition timestep per strategy, bars side by side (none hides another);
+  the samples that never switched are counted in the legend."""
   fig, ax = plt.subplots(figsize=(7, 4))
-  bins = np.linspace(0, max(int(t.max()), 1), 26)
+  bins = np.linspace(0, max(int(t.max()), 1), 21)
+  data, labels = [], []
   for name, steps in transitions.items():
     fired = steps[steps >= 0]
-    never = int((steps < 0).sum())
-    if len(fired):
-      ax.hist(t[fired], bins=bins, alpha=0.5, label=f"{name} (never: {never}/{len(steps)})")
+    data.append(np.asarray(t)[fired])
+    labels.append(f"{name} (never: {int((steps < 0).sum())}/{len(steps)})")
+  if any(len(x) for x in data):
+    ax.hist(data, bins=bins, label=labels, histtype="bar", rwidth=0.9)
+    ax.legend(fontsize=8)
+  else:
+    ax.text(0.5, 0.5, "no sample switched", transform=ax.transAxes, ha="center", va="center")
   ax.set_xlim(bins[-1], 0)
-  ax.set_xlabel("timestep t of the transition")
+  ax.set_xlabel("timestep t of the transition (sampling runs →)")
   ax.set_ylabel("samples")
-  ax.legend(fontsize=8)
   save_figure(fig, path)

@@ -1,7 +1,10 @@
 """Sampling a trained run: shared initial noises, batched jitted samplers, outputs.
 
 Several guidance specs (minidiff.core.specs, e.g. `static:tau=600:w_post=3`) are compared on the
-SAME initial noises, classes and sampler keys.
+SAME initial noises, classes and sampler keys. Each arm's `.npz` holds its samples, the per-step
+record (t, d_eps, d_x0, w, transition step, x̂₀ snapshots) and, once measured, the per-sample flags
+(`flag_copy`, …) and nearest training images (`nn_index`). While an arm samples, a progress bar
+counts its sampling steps (`show_step_progress`; the command-line tools turn it on).
 """
 from __future__ import annotations
 
@@ -11,13 +14,14 @@ import logging
 import os
 import time
 import zipfile
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
+from tqdm import tqdm
 
 from minidiff import config as config_lib
 from minidiff.core import samplers
@@ -41,6 +45,7 @@ class SamplingOptions:
   seed: int = 0
   batch: int = 200
   x0_steps: tuple[int, ...] = ()
+  step: int | None = None  # the checkpoint sampled (None: the latest)
 
   def validate(self, T: int, num_classes: int) -> None:  # noqa: N803
     """Raises ValueError, naming the flag and its valid range, before anything is compiled."""
@@ -48,6 +53,8 @@ class SamplingOptions:
       raise ValueError(f"--num={self.num} must be ≥ 1.")
     if self.batch < 1:
       raise ValueError(f"--batch={self.batch} must be ≥ 1.")
+    if self.step is not None and self.step < 0:
+      raise ValueError(f"--step={self.step} must be a checkpoint step ≥ 0 (omit it for the latest).")
     if self.sampler not in samplers.SAMPLERS:
       raise ValueError(f"--sampler={self.sampler!r}: choose one of {samplers.SAMPLERS}.")
     if not 0.0 <= self.eta <= 1.0:
@@ -107,8 +114,34 @@ class SampleResult:
     return len(self.samples) / self.sample_s
 
 
+_PROGRESS: dict[str, Any] = {"steps": False, "bar": None}
+
+
+def show_step_progress(enabled: bool = True) -> None:
+  """Makes the models that `load_sampling_model` builds from now on tick the progress bar once per
+  sampling step (a host callback in the jitted sampler; off by default, since XLA's persistent
+  compilation cache skips programs with host callbacks). The samples are the same either way."""
+  _PROGRESS["steps"] = bool(enabled)
+
+
+def _tick() -> None:
+  bar = _PROGRESS["bar"]
+  if bar is not None:
+    bar.update(1)
+
+
+def with_step_ticks(eps_apply: Callable) -> Callable:
+  """`eps_apply` that ticks the active sampling progress bar each time it is evaluated (once per
+  sampling step: both branches are one forward pass)."""
+  def ticking(p, x_t, t, cond):
+    jax.debug.callback(_tick)
+    return eps_apply(p, x_t, t, cond)
+  return ticking
+
+
 def sample_in_batches(compiled_for: Callable, params: Any, x_T: np.ndarray, cond: Any, null: Any,  # noqa: N803
-                      key: jax.Array, *, batch: int, mesh: Mesh, num_arms: int | None = None
+                      key: jax.Array, *, batch: int, mesh: Mesh, num_arms: int | None = None,
+                      desc: str | None = None, steps_per_batch: int | None = None
                       ) -> tuple[list[tuple[np.ndarray, dict, np.ndarray, np.ndarray]], float, float]:
   """Samples N rows in fixed-size chunks, data-parallel over `mesh`; compiles once.
 
@@ -116,6 +149,10 @@ def sample_in_batches(compiled_for: Callable, params: Any, x_T: np.ndarray, cond
   compiled sampler. Parameters are replicated and every chunk is split along the batch axis; the
   chunk is rounded up to a multiple of the device count and the padding dropped. Chunk i uses
   `fold_in(key, i)`. `cond` is a pytree with leading dim N, `null` one with leading dim 1.
+  A progress bar named `desc` says "compiling" until the sampler is compiled, then counts batches,
+  or sampling steps when `steps_per_batch` (model evaluations per batch) is given: step by step
+  when the model ticks (`show_step_progress`), else at each batch's end. Its rate and ETA start
+  after the compile.
 
   Returns (per arm: (x₀ [N, ...], {d_eps, d_x0, w: [S, N], transition_step: [N]}, x̂₀ snapshots
   [K, N, ...], t [S])), compile seconds, sampling seconds. `num_arms` None: the sampler's outputs
@@ -129,15 +166,32 @@ def sample_in_batches(compiled_for: Callable, params: Any, x_T: np.ndarray, cond
   params = sharding.replicate(params, mesh)
   null_b = jax.tree.map(lambda a: sharding.shard_rows(mesh, np.repeat(np.asarray(a), b, axis=0))[0], null)
   rows = lambda tree, i: jax.tree.map(lambda a: sharding.shard_rows(mesh, a[i:i + b])[0], tree)  # noqa: E731
+  num_batches = x_all.shape[0] // b
+  per_step = steps_per_batch is not None
+  name = desc or "sampling"
+  bar = tqdm(total=num_batches * (steps_per_batch if per_step else 1), desc=f"{name} (compiling)",
+             unit="step" if per_step else "batch", dynamic_ncols=True, mininterval=1.0, leave=True)
   t0 = time.perf_counter()
   compiled = compiled_for(params, rows(x_all, 0), rows(c_all, 0), null_b, sharding.replicate(key, mesh))
   compile_s = time.perf_counter() - t0
+  bar.set_description(name)
+  bar.reset()  # the rate and the ETA count from here, after the compile
   outs = []
   t0 = time.perf_counter()
-  for i in range(0, x_all.shape[0], b):
-    out = compiled(params, rows(x_all, i), rows(c_all, i), null_b,
-                   sharding.replicate(jax.random.fold_in(key, i // b), mesh))
-    outs.append(sharding.to_host(out))
+  _PROGRESS["bar"] = bar if per_step else None
+  try:
+    for i in range(0, x_all.shape[0], b):
+      out = compiled(params, rows(x_all, i), rows(c_all, i), null_b,
+                     sharding.replicate(jax.random.fold_in(key, i // b), mesh))
+      outs.append(sharding.to_host(out))
+      if per_step:  # the callbacks may lag the result: settle the count at each batch's end
+        bar.n = (i // b + 1) * steps_per_batch
+        bar.refresh()
+      else:
+        bar.update(1)
+  finally:
+    _PROGRESS["bar"] = None
+    bar.close()
   sample_s = time.perf_counter() - t0
   per_arm = []
   for a in ([None] if num_arms is None else range(num_arms)):
@@ -170,7 +224,8 @@ def run_strategy(eps_apply, params, schedule, spec: GuidanceSpec, options: Sampl
       clip_x0=options.clip_x0, x0_steps=options.x0_steps, compute_d=False)
   (out,), compile_s, sample_s = sample_in_batches(
       lambda *example: run.lower(*example).compile(), params, x_T, np.asarray(labels, np.int32),
-      np.asarray([null_id], np.int32), key, batch=options.batch, mesh=mesh or sharding.data_mesh())
+      np.asarray([null_id], np.int32), key, batch=options.batch, mesh=mesh or sharding.data_mesh(),
+      desc=spec.label, steps_per_batch=options.num_steps)
   result = to_result(out, labels, compile_s, sample_s)
   check_finite(result, spec.label)
   return result
@@ -191,9 +246,13 @@ def check_finite(result: SampleResult, label: str, *, show: int = 20) -> None:
 
 def result_meta(label: str, strategy: str, perturbation: str, options: SamplingOptions,
                 checkpoint_step: int) -> str:
-  """What identifies an arm's samples: a finished file with the same meta is reused."""
+  """What identifies an arm's samples: a finished file with the same meta is reused. (The
+  checkpoint is `step`; the options' `step` request is left out, so files made before it existed
+  are still recognised.)"""
+  opts = dataclasses.asdict(options)
+  opts.pop("step")
   return json.dumps(dict(label=label, strategy=strategy, perturbation=perturbation,
-                         step=int(checkpoint_step), options=dataclasses.asdict(options)), sort_keys=True)
+                         step=int(checkpoint_step), options=opts), sort_keys=True)
 
 
 def load_result(path: str, meta: str) -> SampleResult | None:
@@ -227,25 +286,55 @@ def save_npz(result: SampleResult, path: str, meta: str = "") -> str:
   return path
 
 
-def load_sampling_model(workdir: str):
-  """(config, eps_apply, EMA params, schedule, null_id, step) of the latest checkpoint in workdir.
+def attach_measurements(path: str, row: Mapping[str, Any]) -> None:
+  """Adds an arm's per-sample measurements to its `.npz` (atomically): `flag_<name>` [N] bool for
+  each flag of `row["flags"]` ("0101…" strings, e.g. copy) and `nn_index` [N] int32, the nearest
+  de-duplicated training image. The samples and their meta are kept as they are."""
+  new = {f"flag_{name}": np.frombuffer(bits.encode(), np.uint8) == ord("1")
+         for name, bits in row["flags"].items()}
+  new["nn_index"] = np.asarray(row["nn_index"], np.int32)
+  with np.load(path) as f:
+    arrays = {k: f[k] for k in f.files}
+  if all(k in arrays and np.array_equal(arrays[k], v) for k, v in new.items()):
+    return  # a resumed study measured the same: the file stays untouched
+  arrays.update(new)
+  tmp = path + ".tmp.npz"
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, path)
 
-  Fails with a clear error, before anything is compiled, when there is no checkpoint.
+
+def load_sampling_model(workdir: str, *, step: int | None = None, progress: bool | None = None):
+  """(config, eps_apply, EMA params, schedule, null_id, step) of a checkpoint in workdir: the
+  latest, or `step` (an earlier one that is still on disk; train.max_to_keep keeps the last few).
+
+  Fails with a clear error, before anything is compiled, when there is no such checkpoint.
+  `progress` (default: `show_step_progress`'s setting): the model ticks the sampling progress bar.
   """
   config = config_lib.load_workdir_config(workdir)
   config_lib.validate_config(config)
   ckpt = Checkpointer(workdir)
-  if ckpt.latest_step() is None:
-    raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train first, e.g. python train.py "
-                            f"--config configs/mnist_dup.py --workdir {workdir}")
-  ckpt.close()
-  model, step = state.load_ema_model(workdir, config)
+  try:
+    steps = ckpt.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train first, e.g. python train.py "
+                              f"--config configs/mnist_dup.py --workdir {workdir}")
+    if step is not None and step not in steps:
+      raise ValueError(f"--step={step}: {workdir} has checkpoints at steps "
+                       f"{', '.join(map(str, steps))} only (train.max_to_keep keeps the last few); "
+                       f"pick one of them.")
+    graphdef, template, _ = state.init_state(config)  # as state.load_ema_model, at any step
+    restored = state.restore_state(ckpt, template, step)  # step None: the latest readable one
+    model, step = nnx.merge(graphdef, restored.ema_params), restored.step
+  finally:
+    ckpt.close()
   graphdef, params = nnx.split(model, nnx.Param)
 
   def eps_apply(p, x_t, t, cond):
     return nnx.merge(graphdef, p)(x_t, t, cond)
 
   eps_apply = precision.with_compute_dtype(eps_apply, precision.compute_dtype(config))
+  if _PROGRESS["steps"] if progress is None else progress:
+    eps_apply = with_step_ticks(eps_apply)
 
   schedule = make_schedule(config.diffusion.schedule, config.diffusion.T)
   return config, eps_apply, params, schedule, config_lib.unet_config(config).null_id, step
