@@ -6,7 +6,8 @@ Per step k (parameters: minidiff.core.mitigations.AntiMemorization):
      σ = 1 − ‖x̂₀ − NN₁‖/‖x̂₀ − NN₂‖; a sample is *triggered* at this step when σ > λ;
   3. despecification: a triggered sample's w is lowered (`mitigations.despecified_weight`);
   4. dissimilarity guidance: a triggered sample's ε̂ gains c_sim √(1−ᾱ_t) ∇_{x_t} σ, the gradient
-     taken through the model (one backward pass, only at steps where some sample is triggered);
+     taken through the model (through_model=1: one backward pass, only at steps where some sample
+     is triggered) or with ε̂ held fixed (through_model=0: ∇_{x̂₀} σ / √ᾱ_t, no model call);
   5. the DDIM / DDPM update of minidiff.core.samplers with that ε̂.
 This baseline reads the training images at sampling time; Jain et al.'s methods do not.
 
@@ -87,12 +88,16 @@ def sample_amg(
     triggered = sigma > amg.threshold
     w = mitigations.despecified_weight(amg, sigma) if amg.c_spe > 0 else jnp.full((B,), amg.w)
     eps = guidance.guide(eps_c, eps_u, w)  # ε̂ with the despecified w
-    if amg.c_sim > 0:
+    if amg.c_sim > 0 and amg.through_model:
       def sigma_sum(x):  # Σ_i σ_i(x): samples are independent, so its gradient is per sample
         e_c, e_u = branches(x, t)
         x0_x = x0_of(x, guidance.guide(e_c, e_u, jax.lax.stop_gradient(w)), ab)
         return jnp.sum(mitigations.similarity(flat(x0_x), nn1, nn2))
       grad = jax.lax.cond(jnp.any(triggered), jax.grad(sigma_sum), jnp.zeros_like, x_t)
+    elif amg.c_sim > 0:  # ε̂ held fixed: ∂x̂₀/∂x_t = I/√ᾱ, so ∇_{x_t} σ = ∇_{x̂₀} σ / √ᾱ
+      sigma_of = lambda x0f: jnp.sum(mitigations.similarity(x0f, nn1, nn2))  # noqa: E731
+      grad = jax.grad(sigma_of)(flat(x0_of(x_t, eps, ab))).reshape(x_t.shape) / jnp.sqrt(ab)
+    if amg.c_sim > 0:
       push = amg.c_sim * jnp.sqrt(1.0 - ab) * grad  # + c_sim √(1−ᾱ) ∇σ: x̂₀ moves down σ's slope
       eps = eps + jnp.where(triggered.reshape((B,) + (1,) * (x_t.ndim - 1)), push, 0.0)
     x_prev, _ = step_fn(schedule, x_t, eps, t, tp, step_key, eta=eta, clip_x0=clip_x0)

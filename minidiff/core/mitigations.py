@@ -86,8 +86,8 @@ class EmbeddingOptimisation(_Mitigation):
   """
 
   target: float = 0.07
-  steps: int = 20
-  lr: float = 0.05
+  steps: int = 10
+  lr: float = 0.1
 
   def __post_init__(self):
     _finite(w=self.w, target=self.target, lr=self.lr)
@@ -132,8 +132,11 @@ class AntiMemorization(_Mitigation):
   threshold: λ; the guidances act on a sample at a step where σ > λ.
   c_spe: despecification, w → w − min(c_spe·(σ − λ), w − w_min) (0 = off).
   w_min: the lowest weight despecification goes to (1 = the conditional model).
-  c_sim: dissimilarity guidance, ε̂ → ε̂ + c_sim √(1−ᾱ_t) ∇_{x_t} σ (0 = off); the gradient goes
-    through the model (x̂₀ of the guided prediction, NN₁ and NN₂ held fixed).
+  c_sim: dissimilarity guidance, ε̂ → ε̂ + c_sim √(1−ᾱ_t) ∇_{x_t} σ (0 = off), with x̂₀ that of the
+    guided prediction and NN₁, NN₂ held fixed.
+  through_model: 1 takes ∇_{x_t} σ through the model (exact; one backward pass per step, which
+    XLA:CPU runs far slower inside the sampling scan); 0 holds ε̂ fixed, ∇_{x_t} σ = ∇_{x̂₀} σ / √ᾱ_t
+    (no model call; the default).
   Chen et al.'s third guidance (the nearest neighbour's caption as a negative prompt) is left out:
   a class condition's neighbour has the same class.
   """
@@ -142,10 +145,14 @@ class AntiMemorization(_Mitigation):
   c_spe: float = 20.0
   w_min: float = 1.0
   c_sim: float = 10.0
+  through_model: int = 0
 
   def __post_init__(self):
     _finite(w=self.w, threshold=self.threshold, c_spe=self.c_spe, w_min=self.w_min,
             c_sim=self.c_sim)
+    if self.through_model not in (0, 1):
+      raise ValueError(f"amg: through_model must be 0 or 1, got {self.through_model!r}.")
+    object.__setattr__(self, "through_model", int(self.through_model))
     if not 0.0 <= self.threshold < 1.0:
       raise ValueError(f"amg: threshold={self.threshold} must lie in [0, 1) (σ ≤ 1).")
     if self.c_spe < 0 or self.c_sim < 0:
@@ -187,7 +194,9 @@ def optimise_embedding(d_fn: Callable[[jax.Array], jax.Array], embedding: jax.Ar
     lr: Adam's learning rate.
 
   Returns:
-    OptimisedEmbedding; jittable (one `lax.fori_loop`).
+    OptimisedEmbedding; jittable. The steps are unrolled (a Python loop): XLA:CPU runs a gradient
+    inside a rolled `lax.fori_loop` far slower (a training step ~30× in this project), so keep
+    `steps` small.
   """
   opt = optax.adam(lr)
 
@@ -199,7 +208,7 @@ def optimise_embedding(d_fn: Callable[[jax.Array], jax.Array], embedding: jax.Ar
     (_, d), g = jax.value_and_grad(total, has_aux=True)(e)
     return d, g
 
-  def body(_, carry):
+  def body(carry):
     e, state, taken = carry
     d, g = d_and_grad(e)
     active = d >= target  # a sample below the target is frozen from here on
@@ -210,7 +219,10 @@ def optimise_embedding(d_fn: Callable[[jax.Array], jax.Array], embedding: jax.Ar
 
   d_first = d_fn(embedding)
   taken = jnp.zeros(d_first.shape, jnp.int32)
-  e, _, taken = jax.lax.fori_loop(0, int(steps), body, (embedding, opt.init(embedding), taken))
+  carry = (embedding, opt.init(embedding), taken)
+  for _ in range(int(steps)):
+    carry = body(carry)
+  e, _, taken = carry
   return OptimisedEmbedding(e, d_first, d_fn(e) if steps else d_first, taken)
 
 
