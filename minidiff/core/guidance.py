@@ -16,7 +16,9 @@ A strategy's protocol (all the sampler calls):
     transition detected at step k applies w_post already at step k.
 
 Strategies by name (`make_strategy(name, **overrides)`, `STRATEGY_NAMES`): none, conditional, cfg,
-static, opposite, dynamic, dynamic_opposite, interval, linear, cosine.
+static, opposite, dynamic, dynamic_opposite, interval, linear, cosine. The peers' mitigations wen,
+amg and cads (minidiff.core.mitigations, `MITIGATION_NAMES`) parse by the same rules but are not
+Strategy objects: the study runs them (minidiff.study.arms).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from minidiff.core import mitigations
 from minidiff.core.schedule import NoiseSchedule
 
 PyTree = Any
@@ -359,8 +362,11 @@ _PRESETS: dict[str, _Preset] = {
     "interval": _Preset(GuidanceInterval),
     "linear": _Preset(IncreasingSchedule, {"shape": "linear"}, frozenset({"shape"})),
     "cosine": _Preset(IncreasingSchedule, {"shape": "cosine"}, frozenset({"shape"})),
+    # Peers' mitigations (minidiff.core.mitigations): parsed like strategies, run by the study.
+    **{name: _Preset(cls) for name, cls in mitigations.MITIGATIONS.items()},
 }
-STRATEGY_NAMES: tuple[str, ...] = tuple(_PRESETS)
+MITIGATION_NAMES: tuple[str, ...] = tuple(mitigations.MITIGATIONS)
+STRATEGY_NAMES: tuple[str, ...] = tuple(n for n in _PRESETS if n not in MITIGATION_NAMES)
 
 
 def _coerce(value: Any, default: Any) -> Any:
@@ -378,7 +384,8 @@ def _coerce(value: Any, default: Any) -> Any:
 def strategy_params(name: str) -> dict[str, Any]:
   """The overridable parameters of strategy `name` with their defaults."""
   if name not in _PRESETS:
-    raise ValueError(f"Unknown guidance strategy {name!r}; choose one of {STRATEGY_NAMES}.")
+    raise ValueError(f"Unknown guidance strategy {name!r}; choose one of "
+                     f"{STRATEGY_NAMES + MITIGATION_NAMES}.")
   p = _PRESETS[name]
   params = {f.name: f.default for f in dataclasses.fields(p.cls)} | dict(p.defaults)
   if p.s is not None:
@@ -387,7 +394,7 @@ def strategy_params(name: str) -> dict[str, Any]:
   return {k: v for k, v in params.items() if k not in p.fixed}
 
 
-def make_strategy(name: str, **overrides: Any) -> Strategy:
+def make_strategy(name: str, **overrides: Any) -> Strategy | mitigations.Mitigation:
   """Builds strategy `name` (one of STRATEGY_NAMES) with keyword overrides, e.g. w=3, tau=600.
 
   String values (from a command line) are converted to the parameter's type. Opposite strategies

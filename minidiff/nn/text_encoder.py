@@ -59,6 +59,16 @@ class TextEncoder(nnx.Module):
     Returns:
       (features [B, L, D], mask [B, L] bool, pooled [B, D]).
     """
+    x, mask = self.encode(tokens, noise=noise)
+    return x, mask, pool(x, mask)
+
+  def encode(self, tokens: jax.Array, *, noise: jax.Array | None = None
+             ) -> tuple[jax.Array, jax.Array]:
+    """(features [B, L, D], mask [B, L] bool) of token ids [B, L], `noise` added; no pooling.
+
+    The features are the continuous text embedding that the UNet also accepts directly
+    (minidiff.nn.unet.TextConditioner), e.g. after an optimisation of Wen et al. 2024.
+    """
     b, length = tokens.shape
     if length > self.max_len:
       raise ValueError(f"{length} tokens exceed the text encoder's max_len={self.max_len}.")
@@ -69,6 +79,10 @@ class TextEncoder(nnx.Module):
     x = self.ln_out(x)
     if noise is not None:
       x = x + noise
-    m = mask[..., None].astype(x.dtype)
-    pooled = jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)  # masked mean
-    return x, mask, pooled
+    return x, mask
+
+
+def pool(features: jax.Array, mask: jax.Array) -> jax.Array:
+  """The masked mean [B, D] of token features [B, L, D] over the real tokens (mask [B, L])."""
+  m = mask[..., None].astype(features.dtype)
+  return jnp.sum(features * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)  # masked mean

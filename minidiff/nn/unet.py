@@ -9,6 +9,12 @@ null condition for CFG. `conditioning = "text"`: token ids [B, L] (minidiff.data
 transformer text encoder (minidiff.nn.text_encoder) trained jointly; its pooled vector joins `emb` and
 its token features are the cross-attention context, padding masked. The null condition is the
 empty caption.
+
+The condition may also be given as a continuous embedding, which `UNet.embed_condition(cond)`
+returns: {"embedding": [B, emb_dim]} for the class model (its class-embedding row), or
+{"embedding": [B, L, text_dim], "mask": [B, L]} for the text model (the text encoder's output
+features). The output is then the same as for the ids or tokens it came from, bit for bit; the
+inference-time mitigations (minidiff.core.mitigations) move or noise that embedding.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from minidiff.nn import layers
+from minidiff.nn import layers, text_encoder
 from minidiff.nn.text_encoder import TextEncoder
 
 
@@ -201,21 +207,33 @@ class Upsample(nnx.Module):
     return self.conv(upsample_nearest(x))
 
 
+def _is_embedding(cond) -> bool:
+  return isinstance(cond, Mapping) and "embedding" in cond
+
+
 class ClassConditioner(nnx.Module):
-  """Class id (null id = num_classes) → embedding vector; no token context."""
+  """Class id (null id = num_classes) → embedding vector; no token context.
+
+  `cond` is class ids [B], or {"embedding": [B, emb_dim]} (a continuous class embedding).
+  """
 
   def __init__(self, num_classes: int, emb_dim: int, *, rngs: nnx.Rngs):
     self.embed = nnx.Embed(num_classes + 1, emb_dim, embedding_init=layers.embed_normal_host, rngs=rngs)
 
-  def __call__(self, cond: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-    return self.embed(cond), None
+  def embedding(self, cond) -> dict[str, jax.Array]:
+    """{"embedding": [B, emb_dim]}: the rows of the class ids [B] (an embedding dict unchanged)."""
+    return dict(cond) if _is_embedding(cond) else {"embedding": self.embed(cond)}
+
+  def __call__(self, cond) -> tuple[jax.Array, jax.Array | None]:
+    return (cond["embedding"] if _is_embedding(cond) else self.embed(cond)), None
 
 
 class TextConditioner(nnx.Module):
   """Token ids → (pooled text vector projected to emb_dim, (token features, padding mask)).
 
   `cond` is token ids [B, L], or a dict with "tokens" [B, L] and "noise" [B, L, text_dim], the
-  Gaussian text-embedding perturbation added to the encoder's output (minidiff.study.perturbation).
+  Gaussian text-embedding perturbation added to the encoder's output (minidiff.study.perturbation),
+  or {"embedding": [B, L, text_dim], "mask": [B, L]}, the encoder's output given directly.
   """
 
   def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
@@ -223,10 +241,18 @@ class TextConditioner(nnx.Module):
                                num_layers=config.text_layers, num_heads=config.text_heads, rngs=rngs)
     self.proj = layers.linear(config.text_dim, config.emb_dim, rngs=rngs)
 
-  def __call__(self, cond) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  def embedding(self, cond) -> dict[str, jax.Array]:
+    """{"embedding": features [B, L, text_dim], "mask": [B, L] bool} of tokens (or their dict)."""
+    if _is_embedding(cond):
+      return dict(cond)
     tokens, noise = (cond["tokens"], cond.get("noise")) if isinstance(cond, dict) else (cond, None)
-    features, mask, pooled = self.encoder(tokens, noise=noise)
-    return self.proj(pooled), (features, mask)
+    features, mask = self.encoder.encode(tokens, noise=noise)
+    return {"embedding": features, "mask": mask}
+
+  def __call__(self, cond) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    emb = self.embedding(cond)
+    features, mask = emb["embedding"], emb["mask"]
+    return self.proj(text_encoder.pool(features, mask)), (features, mask)
 
 
 class UNet(nnx.Module):
@@ -290,7 +316,7 @@ class UNet(nnx.Module):
     """Predicts ε. `t` [B] int timesteps; dropout only when a key is given.
 
     `cond` is class ids [B] for the class model, token ids [B, L] (or TextConditioner's dict) for
-    the text model.
+    the text model, or the continuous embedding dict of `embed_condition`.
     """
     emb = self.time_mlp2(nnx.silu(self.time_mlp1(layers.timestep_embedding(t, self.config.base_channels))))
     cond_emb, context = self.conditioner(cond)
@@ -322,6 +348,10 @@ class UNet(nnx.Module):
       else:
         h = run(block, jnp.concatenate([h, skips.pop()], axis=-1))
     return self.conv_out(nnx.silu(self.norm_out(h)))
+
+  def embed_condition(self, cond) -> dict[str, jax.Array]:
+    """The continuous embedding of `cond` that `__call__` also accepts (see the module doc)."""
+    return self.conditioner.embedding(cond)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -199,7 +199,8 @@ def _study_one(workdir: str, arm_list: Sequence[arms_lib.Arm], options: StudyOpt
   shape = (config.data.resolution, config.data.resolution, config.data.channels)
   x_T, key = sampling.shared_noise(options.sampling, shape=shape)  # noqa: N806
   run = arms_lib.SamplerRun(eps_apply, params, schedule, options.sampling,
-                            sharding.mesh_from_config(config))
+                            sharding.mesh_from_config(config),
+                            **arms_lib.mitigation_inputs(arm_list, config, subset.unique_images))
   arm_conditions = {a.label: conditions_lib.perturb(
       conditions, a.perturbation, tokenizer=tokenizer, text_dim=config_lib.unet_config(config).text_dim,
       seed=options.sampling.seed) for a in arm_list}
@@ -287,7 +288,10 @@ def _evaluate_arm(ctx: evaluation.Context, arm_ctx: evaluation.Context,
           auc_mean_d_eps_memorized=evaluation.detection_auc(result.d_eps.mean(axis=0), mem),
           auc_first_d_eps_memorized=evaluation.detection_auc(result.d_eps[0], mem),
           auc_mean_d_eps_copies=evaluation.detection_auc(result.d_eps.mean(axis=0),
-                                                        measured.memorization.is_copy)),
+                                                        measured.memorization.is_copy),
+          figures=evaluation.detection_figures(
+              result.d_eps, result.d_x0,
+              dict(memorized=mem, copies=measured.memorization.is_copy))),
       samples_per_s=result.samples_per_s, compile_s=result.compile_s)
   if measured.features is not None and ctx.fd_reference is not None:
     row["fd"] = evaluation.frechet_with_interval(measured.features, ctx.fd_reference, seed=seed,

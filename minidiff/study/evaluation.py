@@ -142,3 +142,32 @@ def detection_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
   if positive.all() or not positive.any() or not np.isfinite(scores).all():
     return None
   return detection.auc(scores, positive)
+
+
+DETECTION_SCORES = {
+    "mean_d_eps": "mean over steps of ‖ε_c − ε_u‖₂ (Wen et al.)",
+    "first_d_eps": "‖ε_c − ε_u‖₂ at the first step",
+    "mean_d_x0": "mean over steps of ‖x̂₀_c − x̂₀_u‖₂",
+    "first_d_x0": "‖x̂₀_c − x̂₀_u‖₂ at the first step (a constant multiple of first_d_eps: same ranks)",
+}
+
+
+def detection_figures(d_eps: np.ndarray, d_x0: np.ndarray, targets: Mapping[str, np.ndarray]
+                      ) -> dict[str, dict[str, dict[str, float] | None]]:
+  """Wen et al.'s detection figures (AUC, TPR at 1% FPR, best-threshold accuracy) of every score of
+  DETECTION_SCORES, for every named target ([N] bool, e.g. memorized conditions or copies).
+
+  d_eps, d_x0: [S, N] per-step distances. A score/target pair is None where a group is empty or a
+  score is missing (NaN: the arm skipped a branch).
+  """
+  from minidiff.metrics import detection
+  scores = {"mean_d_eps": d_eps.mean(axis=0), "first_d_eps": d_eps[0],
+            "mean_d_x0": d_x0.mean(axis=0), "first_d_x0": d_x0[0]}
+  out: dict[str, dict[str, dict[str, float] | None]] = {}
+  for target, positive in targets.items():
+    positive = np.asarray(positive, bool)
+    out[target] = {}
+    for name, s in scores.items():
+      ok = positive.any() and not positive.all() and np.isfinite(s).all()
+      out[target][name] = detection.detection_figures(s, positive) if ok else None
+  return out
