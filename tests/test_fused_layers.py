@@ -42,10 +42,10 @@ def test_group_norm_equals_flax_forward_and_gradient(shape, groups):
 
 
 def _flax(module, x, scale, bias):
+  """flax's GroupNorm `module` applied with the given (possibly traced) scale and bias."""
   graphdef, state = nnx.split(module)
-  m = nnx.merge(graphdef, state)
-  m.scale[...], m.bias[...] = scale, bias
-  return m(x)
+  pick = lambda path, _: scale if "scale" in jax.tree_util.keystr(path) else bias  # noqa: E731
+  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(pick, state))(x)
 
 
 def test_group_norm_module_is_a_drop_in():
