@@ -176,6 +176,23 @@ def test_two_processes_sample_like_one_device(runs):
   np.testing.assert_allclose(two_proc, one, atol=SAMPLE_ATOL)
 
 
+def test_replicated_arrays_built_per_host_keep_values_and_keys():
+  """The multi-host branch of sharding.replicate, run on one process: values, key type, sharding."""
+  import jax
+  from jax.sharding import PartitionSpec
+
+  from minidiff.train import sharding
+  target = sharding.replicated(sharding.data_mesh(1))
+  a = np.arange(6, dtype=np.float32).reshape(2, 3)
+  key = jax.random.fold_in(jax.random.key(3), 7)
+  ra, rk = (sharding._global_replicated(x, target) for x in (a, key))
+  np.testing.assert_array_equal(np.asarray(ra), a)
+  assert ra.sharding.spec == PartitionSpec() and rk.sharding.spec == PartitionSpec()
+  assert jax.random.key_impl(rk) == jax.random.key_impl(key)
+  np.testing.assert_array_equal(jax.random.key_data(rk), jax.random.key_data(key))
+  np.testing.assert_array_equal(jax.random.normal(rk, (3,)), jax.random.normal(key, (3,)))
+
+
 def _sampling_inputs(config):
   from minidiff.core import specs
   from minidiff.study import sampling
