@@ -1,12 +1,18 @@
-"""Where a training step's time goes on XLA:CPU, by ablation, and convolutions JAX vs PyTorch.
+"""Where a training step's time goes on XLA:CPU, by ablation; the faster layer formulations, each
+alone; and convolutions JAX vs PyTorch.
 
-  python benchmarks/profile_step.py [--setting default] [--steps 10]
+  python benchmarks/profile_step.py [--setting default] [--steps 5] [--rounds 3]
+                                    [--parts ablations,candidates,convolutions]
 
-Part 1 times the jitted train step of the default UNet, then the same step with one kind of layer
+Part "ablations" times the jitted train step of the UNet, then the same step with one kind of layer
 replaced by the identity (GroupNorm, attention) or swapped for the slower form (upsampling through
-`jax.image.resize`): the difference is that layer's share. Part 2 times every 3×3 convolution shape
-of the 16×16 and 28×28 UNets alone, forward and forward+backward, in JAX and in PyTorch eager.
-Each part prints a Markdown table (docs/performance.md quotes them).
+`jax.image.resize`): the difference is that layer's share. Part "candidates" times the step with
+each faster formulation of minidiff.nn.layers swapped in alone (`layers.GroupNorm`,
+`layers.self_attention`), then both. Every variant is compiled first and the variants are then
+timed interleaved, `--rounds` rounds of `--steps` steps each (medians), so a shared machine slows
+them alike. Part "convolutions" times every 3×3 convolution shape of the 16×16 and 28×28 UNets
+alone, forward and forward+backward, in JAX and in PyTorch eager. Each part prints a Markdown table
+(docs/performance.md quotes them).
 """
 from __future__ import annotations
 
@@ -26,13 +32,14 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks.bench import _config, _time  # noqa: E402
-from minidiff.nn import unet  # noqa: E402
+from benchmarks.bench import _config, _median_of, _time  # noqa: E402
+from minidiff.nn import layers, unet  # noqa: E402
 from minidiff.train import trainer  # noqa: E402
 from minidiff.train import state as train_state  # noqa: E402
 
 
-def step_time(setting: str, steps: int) -> float:
+def make_step(setting: str):
+  """A blocking call of the compiled training step of `setting` (compiled now, warmed up)."""
   c = _config(setting)
   graphdef, state, tx = train_state.init_state(c)
   b, r, ch = c.train.batch_size, c.data.resolution, c.data.channels
@@ -47,29 +54,59 @@ def step_time(setting: str, steps: int) -> float:
     holder[:] = [p, o, e]
     m["loss"].block_until_ready()
 
-  return _time(run, steps)
+  run()
+  run()
+  return run
 
 
-def ablations(setting: str, steps: int) -> None:
-  full = step_time(setting, steps)
-  rows = [("full step", full)]
-  patches = {
-      "GroupNorm → identity": (nnx.GroupNorm, "__call__", lambda self, x, *a, **k: x),
-      "attention → identity": (unet.AttentionBlock, "__call__", lambda self, x, context=None: x),
-      "upsampling via jax.image.resize": (
-          unet, "upsample_nearest",
-          lambda x: jax.image.resize(x, (x.shape[0], 2 * x.shape[1], 2 * x.shape[2], x.shape[3]), "nearest")),
-  }
-  for name, (owner, attr, fn) in patches.items():
-    old = getattr(owner, attr)
+def _einsum_attention(self, x, context=None):
+  """unet.AttentionBlock.__call__ with the attention through layers.self_attention."""
+  b, hgt, wid, c = x.shape
+  q, k, v = jnp.split(self.qkv(self.norm(x)).reshape(b, hgt * wid, 3 * c), 3, axis=-1)
+  return x + self.out(layers.self_attention(q, k, v, self.num_heads).reshape(b, hgt, wid, c))
+
+
+# name: [(owner, attribute, replacement)], applied while the step is built and compiled.
+ABLATIONS = {
+    "GroupNorm → identity": [(nnx.GroupNorm, "__call__", lambda self, x, *a, **k: x)],
+    "attention → identity": [(unet.AttentionBlock, "__call__", lambda self, x, context=None: x)],
+    "upsampling via jax.image.resize": [(
+        unet, "upsample_nearest",
+        lambda x: jax.image.resize(x, (x.shape[0], 2 * x.shape[1], 2 * x.shape[2], x.shape[3]), "nearest"))],
+}
+CANDIDATES = {  # the faster formulations of minidiff.nn.layers, each alone, then together
+    "fused GroupNorm (layers.GroupNorm)": [(unet.nnx, "GroupNorm", layers.GroupNorm)],
+    "attention as two einsums (layers.self_attention)": [(unet.AttentionBlock, "__call__", _einsum_attention)],
+}
+CANDIDATES["both"] = CANDIDATES["fused GroupNorm (layers.GroupNorm)"] + CANDIDATES[
+    "attention as two einsums (layers.self_attention)"]
+
+
+def _built_with(setting: str, patches):
+  saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
+  for owner, attr, fn in patches:
     setattr(owner, attr, fn)
-    try:
-      rows.append((name, step_time(setting, steps)))
-    finally:
+  try:
+    return make_step(setting)
+  finally:
+    for owner, attr, old in saved:
       setattr(owner, attr, old)
-  print(f"\n| train step, {setting} | ms | vs full step |\n|---|---|---|")
-  for name, t in rows:
-    print(f"| {name} | {t * 1e3:.1f} | {(t - full) / full:+.0%} |")
+
+
+def ablations(setting: str, steps: int, rounds: int, table: dict) -> None:
+  """Times the full step and each variant of `table`, interleaved over `rounds` rounds."""
+  runs = {"full step": make_step(setting)}
+  runs.update({name: _built_with(setting, patches) for name, patches in table.items()})
+  times = {name: [] for name in runs}
+  for _ in range(rounds):
+    for name, run in runs.items():
+      times[name].append(_median_of(run, steps))
+  med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+  full = med["full step"]
+  print(f"\n| train step, {setting} | ms | vs full step | per round (ms) |\n|---|---|---|---|")
+  for name, t in med.items():
+    rounds_ms = ", ".join(f"{x * 1e3:.0f}" for x in times[name])
+    print(f"| {name} | {t * 1e3:.1f} | {(t - full) / full:+.0%} | {rounds_ms} |", flush=True)
 
 
 def convolutions() -> None:
@@ -99,12 +136,19 @@ def convolutions() -> None:
 def main() -> None:
   p = argparse.ArgumentParser()
   p.add_argument("--setting", default="default")
-  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--steps", type=int, default=5, help="timed steps per variant and round")
+  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--parts", default="ablations,candidates,convolutions")
   args = p.parse_args()
+  parts = args.parts.split(",")
   t0 = time.perf_counter()
   print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  ablations(args.setting, args.steps)
-  convolutions()
+  if "ablations" in parts:
+    ablations(args.setting, args.steps, args.rounds, ABLATIONS)
+  if "candidates" in parts:
+    ablations(args.setting, args.steps, args.rounds, CANDIDATES)
+  if "convolutions" in parts:
+    convolutions()
   print(f"\n({time.perf_counter() - t0:.0f} s)")
 
 

@@ -78,8 +78,24 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """`tree` placed replicated on the mesh (single host: a plain device_put)."""
-  return jax.device_put(tree, replicated(mesh))
+  """`tree` placed replicated on the mesh (single host: a plain device_put).
+
+  With several hosts `device_put` cannot target devices of other processes: each host builds the
+  global array from its own copy (every host holds the same values: parameters from the same seed,
+  keys from the same fold_in).
+  """
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(lambda x: _global_replicated(x, sharding), tree)
+
+
+def _global_replicated(x: Any, sharding: NamedSharding) -> jax.Array:
+  if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+    data = _global_replicated(jax.random.key_data(x), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda ix: host[ix])
 
 
 def local_rows(mesh: Mesh, global_batch: int) -> slice:
