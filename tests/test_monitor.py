@@ -102,40 +102,51 @@ def test_interrupted_monitored_run_logs_the_same_monitor_values(tiny_config, tmp
 
 
 def _overfit_config(tiny_config):
-  # One image per class and no duplicates: the conditional model copies within a few hundred steps.
-  c = _monitored(tiny_config, every=25, num_samples=10, num_steps=10, stop_copy_rate=0.0)
-  c.data.n_unique_per_class = 1
+  c = _monitored(tiny_config, every=5, num_samples=10, num_steps=3, stop_copy_rate=0.0)
+  c.data.n_unique_per_class = 2
   c.data.num_duplicated_per_class = 0
   c.data.dup_factor = 1
   c.data.duplicated_classes = ()
-  c.train.lr = 3e-3
-  c.train.steps = 1000
-  c.train.checkpoint_every = 1000
-  c.train.log_every = 1000
+  c.train.steps, c.train.checkpoint_every, c.train.log_every = 40, 100, 100
   return c
 
 
 def test_early_stop_fires_at_the_first_copy_and_leaves_a_resumable_checkpoint(tiny_config, tmp_path,
-                                                                              caplog):
+                                                                              caplog, monkeypatch):
+  # A model that starts to overfit one training image at its third check (step 15): the real
+  # samples, with sample 0 replaced by that image from then on. (A real tiny run is too slow to
+  # copy for a test: the 45k-parameter UNet copied nothing of 10 images in 600 steps, measured.)
   c = _overfit_config(tiny_config)
+  real_sample, calls = monitor.Monitor.sample, []
+
+  def overfitting(self, params):
+    samples = np.array(real_sample(self, params))
+    calls.append(len(calls))
+    if len(calls) >= 3:
+      samples[0] = self.unique_images[7] + 1e-3
+    return samples
+
+  monkeypatch.setattr(monitor.Monitor, "sample", overfitting)
   workdir = str(tmp_path)
   with caplog.at_level(logging.INFO, logger="minidiff"):
     state = trainer.train_and_evaluate(c, workdir)
   records = _monitor_records(workdir)
-  first = next(s for s, m in records if m["copy_rate_unique"] > 0.0)
-  assert state.step == first < c.train.steps and records[-1][0] == first  # nothing after it
-  assert Checkpointer(workdir).latest_step() == first
-  assert sum(f"Early stop at step {first}:" in r.getMessage() for r in caplog.records) == 1
+  assert [s for s, _ in records] == [5, 10, 15] and state.step == 15  # nothing after the stop
+  assert [m["copy_rate_unique"] for _, m in records] == [0.0, 0.0, 0.1]
+  assert Checkpointer(workdir).latest_step() == 15
+  assert sum("Early stop at step 15: copy rate on unique (non-duplicated) training images 0.100 > "
+             "config.monitor.stop_copy_rate=0" in r.getMessage() for r in caplog.records) == 1
   caplog.clear()
   with caplog.at_level(logging.INFO, logger="minidiff"):  # the same command: stopped, nothing to do
-    assert trainer.train_and_evaluate(c, workdir).step == first
+    assert trainer.train_and_evaluate(c, workdir).step == 15
   assert any("Already stopped early" in r.getMessage() for r in caplog.records)
-  c.monitor.stop_copy_rate = 1.0  # train on from the early stop's checkpoint
-  c.train.steps = first + 25
+  c.monitor.stop_copy_rate = 0.5  # a higher threshold trains on from the early stop's checkpoint
+  c.train.steps = 20
   caplog.clear()
   with caplog.at_level(logging.INFO, logger="minidiff"):
-    assert trainer.train_and_evaluate(c, workdir).step == first + 25
-  assert any(f"Resumed from checkpoint at step {first}" in r.getMessage() for r in caplog.records)
+    assert trainer.train_and_evaluate(c, workdir).step == 20
+  assert any("Resumed from checkpoint at step 15" in r.getMessage() for r in caplog.records)
+  assert [s for s, _ in _monitor_records(workdir)] == [5, 10, 15, 20]
 
 
 def test_tau_mem_is_the_first_monitored_step_above_the_level():

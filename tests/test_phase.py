@@ -63,8 +63,10 @@ def test_results_give_tau_mem_and_its_fit_from_the_monitor_curves(tmp_path):
 
 
 def test_a_tiny_phase_diagram_trains_then_reuses_its_runs(tiny_config, tmp_path):
-  s = phase.PhaseSettings(ns=(20,), arms=("class",), steps=4, monitor_every=2, num_samples=4,
-                          num_steps=3, base_channels=8, batch_size=8)
+  # The tiny config's optimizer, EMA and monitor settings: the programs test_monitor.py compiled.
+  s = phase.PhaseSettings(ns=(20,), arms=("class",), steps=4, monitor_every=2, num_samples=12,
+                          num_steps=5, base_channels=8, batch_size=8, lr=1e-3, ema_decay=0.999,
+                          warmup_steps=2)
   kw = dict(workroot=str(tmp_path / "runs"), outdir=str(tmp_path / "out"))
   first = phase.run_phase_diagram(tiny_config, s, **kw)
   run = first["arms"]["class"]["runs"]["20"]

@@ -48,13 +48,15 @@ RUN_INFO = "phase_run.json"  # a run's accumulated training wall time, in its wo
 class PhaseSettings:
   """What the phase diagram trains: the same UNet and schedule at every n."""
 
-  ns: tuple[int, ...] = (20, 40, 80, 160, 320)  # training images (multiples of 10: n/10 per class)
-  arms: tuple[str, ...] = ("class", "uncond")
+  ns: tuple[int, ...] = (20, 40, 80)  # training images (multiples of 10: n/10 per class)
+  arms: tuple[str, ...] = ("class",)
   steps: int = 2000
   batch_size: int = 32
-  lr: float = 1e-3
-  monitor_every: int = 100
-  num_samples: int = 100  # monitor samples per check (a rate near 50% is ±10 points at 100)
+  lr: float = 2e-3
+  ema_decay: float = 0.99  # a short EMA (~100 steps), so that τ_mem is not the EMA's lag
+  warmup_steps: int = 100
+  monitor_every: int = 50
+  num_samples: int = 40  # monitor samples per check (a rate near 50% is ±15 points at 40)
   num_steps: int = 20  # DDIM steps per check
   resolution: int = 8
   base_channels: int = 16
@@ -86,7 +88,8 @@ def run_config(base: ml_collections.ConfigDict, settings: PhaseSettings, *, n: i
   c.model.update(dict(base_channels=s.base_channels, channel_mults=(1, 2),
                       attention_resolutions=(s.resolution // 2,)))
   c.train.update(dict(steps=s.steps, batch_size=s.batch_size, lr=s.lr, p_uncond=p_uncond,
-                      warmup_steps=min(100, s.steps // 10), log_every=s.monitor_every,
+                      ema_decay=s.ema_decay,
+                      warmup_steps=s.warmup_steps, log_every=s.monitor_every,
                       checkpoint_every=max(s.monitor_every, s.steps // 4)))
   c.monitor = ml_collections.ConfigDict(dict(
       every=s.monitor_every, num_samples=s.num_samples, num_steps=s.num_steps, w=w,
@@ -109,8 +112,10 @@ def linear_fit(x: Sequence[float], y: Sequence[float]) -> dict[str, float] | Non
   return dict(slope=float(slope), intercept=float(intercept), r2=r2, n_points=int(len(x)))
 
 
-def summarize_run(workdir: str, *, levels: Sequence[float] = monitor.TAU_LEVELS) -> dict[str, Any]:
-  """One run's monitor curve, final and best memorization ratio and τ_mem per level."""
+def summarize_run(workdir: str, *, levels: Sequence[float] = monitor.TAU_LEVELS,
+                  train_steps: int | None = None) -> dict[str, Any]:
+  """One run's monitor curve, final and best memorization ratio and τ_mem per level; `finished`
+  says whether it reached `train_steps` (an unfinished run's τ_mem None means "not by final_step")."""
   steps, values = monitor.read_curve(os.path.join(workdir, "metrics.jsonl"))
   if not len(steps):
     raise ValueError(f"{workdir} has no monitored step: train it with config.monitor.every ≥ 1.")
@@ -121,7 +126,35 @@ def summarize_run(workdir: str, *, levels: Sequence[float] = monitor.TAU_LEVELS)
               final_step=int(steps[-1]), final_copy_rate=float(rate[-1]),
               best_copy_rate=float(rate.max()), best_step=int(steps[int(rate.argmax())]),
               tau_mem={str(lv): monitor.tau_mem(steps, rate, lv) for lv in levels},
-              train_wall_s=info.get("wall_s"), train_cpu_s=info.get("cpu_s"))
+              train_wall_s=info.get("wall_s"), train_cpu_s=info.get("cpu_s"),
+              finished=train_steps is None or int(steps[-1]) >= train_steps)
+
+
+def null_branch_copy_rate(workdir: str) -> dict[str, Any]:
+  """The memorization ratio of a class run's null branch (w = 0) at its last checkpoint, on the
+  monitor's noises: the "unconditional" half of a CFG-trained model. Cached in the workdir.
+
+  Not Gu et al.'s unconditional model: that one trains every example without a label; this branch
+  saw the null label on p_uncond = 10% of the examples only.
+  """
+  path = os.path.join(workdir, "phase_null_branch.json")
+  if os.path.exists(path):
+    return json.load(open(path))
+  from flax import nnx
+  from minidiff import config as config_lib
+  from minidiff.train import inputs, state
+  config = config_lib.load_workdir_config(workdir)
+  config.monitor.w = 0.0
+  model, step = state.load_ema_model(workdir, config)
+  graphdef, params = nnx.split(model, nnx.Param)
+  subset = inputs.load_training_data(config)
+  conds, null = inputs.training_conditions(config, subset)
+  values = monitor.Monitor(config, graphdef, subset, conds, null)(params)
+  out = dict(step=int(step), copy_rate=values["copy_rate"])
+  with open(path + ".tmp", "w") as f:
+    json.dump(out, f)
+  os.replace(path + ".tmp", path)
+  return out
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -154,15 +187,20 @@ def run_phase_diagram(base: ml_collections.ConfigDict, settings: PhaseSettings, 
   return write_results(settings, workroot=workroot, outdir=outdir)
 
 
-def write_results(settings: PhaseSettings, *, workroot: str, outdir: str) -> dict[str, Any]:
-  """results.json and the figures from the runs under `workroot` (those that exist)."""
+def write_results(settings: PhaseSettings, *, workroot: str, outdir: str,
+                  null_branch: bool = False) -> dict[str, Any]:
+  """results.json and the figures from the runs under `workroot` (those that exist); with
+  `null_branch`, also each finished class run's null-branch ratio (`null_branch_copy_rate`)."""
+  os.makedirs(outdir, exist_ok=True)
   arms = {}
   for arm in settings.arms:
     runs = {}
     for n in sorted(settings.ns):
       workdir = os.path.join(workroot, f"{arm}_n{n}")
       if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-        runs[str(n)] = summarize_run(workdir)
+        runs[str(n)] = summarize_run(workdir, train_steps=settings.steps)
+        if null_branch and arm == "class" and runs[str(n)]["final_step"] >= settings.steps:
+          runs[str(n)]["null_branch"] = null_branch_copy_rate(workdir)
     fits = {}
     for level in monitor.TAU_LEVELS:
       pts = [(int(n), r["tau_mem"][str(level)]) for n, r in runs.items()
@@ -206,6 +244,9 @@ def plot_results(results: dict[str, Any], outdir: str) -> list[str]:
             label=f"{arm}: final")
     ax.plot(ns, [r["best_copy_rate"] for r in a["runs"].values()], "^:", color=colors.get(arm),
             alpha=0.6, label=f"{arm}: best over checks")
+    nulls = [(int(n), r["null_branch"]["copy_rate"]) for n, r in a["runs"].items() if "null_branch" in r]
+    if nulls:
+      ax.plot(*zip(*nulls), "s--", color="tab:gray", label=f"{arm}: its null branch (w = 0), final")
   ax.set_xscale("log", base=2)
   ax.set_xlabel("training images n")
   ax.set_ylabel("memorization ratio")

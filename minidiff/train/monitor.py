@@ -106,7 +106,7 @@ class Monitor:
         spacing=config.sample.spacing, clip_x0=config.sample.clip_x0)
     self._compiled = None
     self.description = (f"DDIM-{m.num_steps} (η = 0), w = {float(m.w):g}, {m.num_samples} fixed "
-                        f"noises, ratio test against {len(self.unique_images)} de-duplicated "
+                        f"noises; ratio test against {len(self.unique_images)} de-duplicated\n"
                         f"training images ({int(self.is_duplicated.sum())} duplicated)")
 
   def _args(self, params: Any) -> tuple:
