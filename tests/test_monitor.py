@@ -102,7 +102,7 @@ def test_interrupted_monitored_run_logs_the_same_monitor_values(tiny_config, tmp
 
 
 def _overfit_config(tiny_config):
-  c = _monitored(tiny_config, every=5, num_samples=10, num_steps=3, stop_copy_rate=0.0)
+  c = _monitored(tiny_config, every=5, stop_copy_rate=0.0)  # the sampler the other tests compiled
   c.data.n_unique_per_class = 2
   c.data.num_duplicated_per_class = 0
   c.data.dup_factor = 1
@@ -132,9 +132,9 @@ def test_early_stop_fires_at_the_first_copy_and_leaves_a_resumable_checkpoint(ti
     state = trainer.train_and_evaluate(c, workdir)
   records = _monitor_records(workdir)
   assert [s for s, _ in records] == [5, 10, 15] and state.step == 15  # nothing after the stop
-  assert [m["copy_rate_unique"] for _, m in records] == [0.0, 0.0, 0.1]
+  assert [m["copy_rate_unique"] for _, m in records] == [0.0, 0.0, 1 / 12]
   assert Checkpointer(workdir).latest_step() == 15
-  assert sum("Early stop at step 15: copy rate on unique (non-duplicated) training images 0.100 > "
+  assert sum("Early stop at step 15: copy rate on unique (non-duplicated) training images 0.083 > "
              "config.monitor.stop_copy_rate=0" in r.getMessage() for r in caplog.records) == 1
   caplog.clear()
   with caplog.at_level(logging.INFO, logger="minidiff"):  # the same command: stopped, nothing to do
@@ -144,7 +144,7 @@ def test_early_stop_fires_at_the_first_copy_and_leaves_a_resumable_checkpoint(ti
   c.train.steps = 20
   caplog.clear()
   with caplog.at_level(logging.INFO, logger="minidiff"):
-    assert trainer.train_and_evaluate(c, workdir).step == 20
+    assert trainer.train_and_evaluate(c, workdir).step == 20  # 1/12 ≤ 0.5: no stop
   assert any("Resumed from checkpoint at step 15" in r.getMessage() for r in caplog.records)
   assert [s for s, _ in _monitor_records(workdir)] == [5, 10, 15, 20]
 

@@ -277,7 +277,8 @@ def plot_results(results: dict[str, Any], outdir: str) -> list[str]:
   ax.set_xlabel("training images n")
   ax.set_ylabel("τ_mem (training steps)")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7)
   ax.set_title(f"Onset of memorization τ_mem (Bonnaire et al.); ±{results['settings']['monitor_every']} "
                f"steps", fontsize=9)
   fig.tight_layout()
