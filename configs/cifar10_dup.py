@@ -30,4 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.ema_decay = 0.9999
   c.train.log_every = 200
   c.train.checkpoint_every = 5000
+  c.monitor.every = 5000
+  c.monitor.num_samples = 256
+  c.monitor.class_accuracy = False  # the evaluation classifier would train on CIFAR-10 first
   return c

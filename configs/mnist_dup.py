@@ -59,6 +59,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 300
   c.train.max_to_keep = 3
 
+  c.monitor = ml_collections.ConfigDict()  # memorization monitor during training (train/monitor.py)
+  c.monitor.every = 300  # steps between checks (0 = off); each check: DDIM-20 on 64 fixed noises
+  c.monitor.num_samples = 64  # classes 0…9 in turn
+  c.monitor.num_steps = 20
+  c.monitor.w = 1.0  # the conditional model (0 = null branch, > 1 = CFG)
+  c.monitor.stop_copy_rate = 1.0  # stop once more than this share copies a non-duplicated image
+  c.monitor.class_accuracy = True  # the study's classifier (cached; trained once, ~25 s)
+
   c.sample = ml_collections.ConfigDict()
   c.sample.sampler = "ddim"
   c.sample.num_steps = 50

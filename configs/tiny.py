@@ -26,4 +26,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.study.guidance = "none,cfg,dynamic"
   c.study.num_samples = 12
   c.study.classifier_epochs = 1
+  c.monitor.every = 0  # off in tests (tests/test_monitor.py turns it on)
+  c.monitor.class_accuracy = False
   return c

@@ -26,10 +26,13 @@ log = logging.getLogger(__name__)
 
 # Fields that may change when a run is resumed (they do not change what has been trained so far).
 RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.max_to_keep",
-                    "data.data_dir", "sample", "study", "parallel")
+                    "data.data_dir", "sample", "study", "parallel", "monitor")
 # Fields added after runs were saved: a saved config without them had these values.
 ADDED_FIELD_DEFAULTS = {"model.compute_dtype": "float32", "data.n_unique_per_duplicated_class": 0,
-                        "data.data_dir": ""}
+                        "data.data_dir": "",
+                        "monitor.every": 0, "monitor.num_samples": 64, "monitor.num_steps": 20,
+                        "monitor.w": 1.0, "monitor.stop_copy_rate": 1.0,
+                        "monitor.class_accuracy": False}
 
 
 REQUIRED = object()  # a field without a default: a config must set it
@@ -142,6 +145,19 @@ class StudySection:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class MonitorSection:
+  """The memorization monitor during training (minidiff/train/monitor.py); off unless every ≥ 1."""
+
+  every: int = _at_least(0, note=" (0 = no monitor)", default=0)  # steps between checks
+  num_samples: int = _at_least(2, note=" (samples per check, e.g. 64)", default=64)
+  num_steps: int = _field(int, default=20)  # DDIM steps per check, in [1, T]: checked below
+  w: float = _field(float, default=1.0)  # guidance weight: 0 null branch, 1 conditional, > 1 CFG
+  stop_copy_rate: float = _field(float, lambda v: 0 <= v <= 1, "{where} must lie in [0, 1] (1 = "
+                                 "never stop).", default=1.0)  # stop once copy_rate_unique > it
+  class_accuracy: bool = _field(bool, default=False)  # the study's classifier (class models only)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ParallelSection:
   num_devices: int = _at_least(0, note=" (0 = all)", default=0)
   multi_host: bool = _field(bool, default=False)
@@ -162,6 +178,7 @@ class Config:
   sample: SampleSection
   study: StudySection
   parallel: ParallelSection
+  monitor: MonitorSection
 
   @property
   def is_text(self) -> bool:
@@ -181,7 +198,7 @@ def _table() -> dict[str, dataclasses.Field]:
 
 _SECTIONS = {"data": DataSection, "model": ModelSection, "diffusion": DiffusionSection,
              "train": TrainSection, "sample": SampleSection, "study": StudySection,
-             "parallel": ParallelSection}
+             "parallel": ParallelSection, "monitor": MonitorSection}
 # Every field the library reads: a config must set these (type as in the sections) …
 FIELD_TYPES: dict[str, type] = {k: f.metadata["rule"].kind for k, f in _table().items()
                                 if f.default is dataclasses.MISSING}
@@ -303,6 +320,7 @@ def validate_config(config: ml_collections.ConfigDict) -> Config:
   unet_config(c).validate(names=_UNET_NAMES)  # the architecture's checks, in one place
   _validate_duplication(c)
   _validate_sampling(c)
+  _validate_monitor(c)
   p = c.parallel
   if p.multi_host and p.coordinator_address:
     _check(p.num_processes >= 1 and 0 <= p.process_id < p.num_processes,
@@ -339,6 +357,15 @@ def _validate_sampling(c: Config) -> None:
       specs.parse_guidance(c.study.guidance, T=T)
   except ValueError as e:
     raise ValueError(f"config.study.guidance={c.study.guidance!r}: {e}") from None
+
+
+def _validate_monitor(c: Config) -> None:
+  """config.monitor.num_steps against T; class accuracy needs a class-conditional model."""
+  m, T = c.monitor, c.diffusion.T  # noqa: N806
+  _check(1 <= m.num_steps <= T, f"config.monitor.num_steps={m.num_steps} must lie in [1, T={T}].")
+  _check(not (m.class_accuracy and c.is_text),
+         "config.monitor.class_accuracy=True needs a class-conditional model; a text model has no "
+         "requested class: set it to False.")
 
 
 def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from minidiff import config as config_lib
 from minidiff.core.schedule import NoiseSchedule, make_schedule
 from minidiff.nn.unet import UNet, count_params
+from minidiff.train import monitor as monitor_lib
 from minidiff.train import precision, sharding
 from minidiff.train.checkpoint import Checkpointer
 from minidiff.train.inputs import load_training_data, null_condition, training_conditions
@@ -110,12 +111,20 @@ def _append_jsonl(path: str, record: dict) -> None:
 
 
 def _drop_metrics_after(path: str, step: int) -> None:
-  """Keeps the metrics.jsonl records up to `step` (a killed run logged steps it did not save)."""
+  """Keeps the metrics.jsonl records up to `step` (a killed run logged steps it did not save, and
+  may have been killed halfway through writing a line: such a line is dropped too)."""
   if not os.path.exists(path):
     return
   with open(path) as f:
     lines = [line for line in f if line.strip()]
-  kept = [line for line in lines if json.loads(line)["step"] <= step]
+
+  def keep(line: str) -> bool:
+    try:
+      return line.endswith("\n") and json.loads(line)["step"] <= step
+    except (json.JSONDecodeError, KeyError):
+      return False
+
+  kept = [line for line in lines if keep(line)]
   if len(kept) != len(lines):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -123,13 +132,43 @@ def _drop_metrics_after(path: str, step: int) -> None:
     os.replace(tmp, path)
 
 
+def _last_record(path: str, step: int) -> dict | None:
+  """The metrics.jsonl record of `step`, if logged (the last one, should there be several)."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    found = [r for r in (json.loads(line) for line in f if line.strip()) if r["step"] == step]
+  return found[-1] if found else None
+
+
+def _make_monitor(config: ml_collections.ConfigDict, c: config_lib.Config, graphdef: nnx.GraphDef,
+                  subset, conds, null) -> monitor_lib.Monitor | None:
+  """The memorization monitor of config.monitor, or None when it is off (every = 0)."""
+  if c.monitor.every == 0:
+    return None
+  classifier = None
+  if c.monitor.class_accuracy:
+    classifier = monitor_lib.load_classifier(config)
+  return monitor_lib.Monitor(config, graphdef, subset, conds, null, classifier=classifier)
+
+
+def _stop_message(step: int, values: dict, threshold: float, ckpt_dir: str) -> str:
+  return (f"Early stop at step {step}: copy rate on unique (non-duplicated) training images "
+          f"{values['copy_rate_unique']:.3f} > config.monitor.stop_copy_rate={threshold:g}. Final "
+          f"checkpoint: step {step} in {ckpt_dir}. To train on, rerun with a higher "
+          f"--config.monitor.stop_copy_rate (1 = never stop).")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (or resumes) the run in `workdir` up to config.train.steps; returns the final state.
 
   Data-parallel over the mesh of config.parallel (every device by default); each host loads only
-  its rows of each global batch. Everything is validated before anything is compiled.
+  its rows of each global batch. Everything is validated before anything is compiled. With
+  config.monitor.every ≥ 1 the memorization monitor (minidiff/train/monitor.py) checks the EMA
+  model every that many steps and at the last one, logs to metrics.jsonl ("monitor") and plots
+  workdir/monitor.png; config.monitor.stop_copy_rate < 1 may end training early, with a checkpoint.
   """
-  config_lib.validate_config(config)
+  c = config_lib.validate_config(config)
   sharding.initialize_distributed(config)
   t = config.train
   mesh = sharding.mesh_from_config(config)
@@ -139,7 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   subset = load_training_data(config)
   subset.manifest.save(os.path.join(workdir, "manifest.json"))
   train = subset.train
-  conds, _ = training_conditions(config, subset, workdir)
+  conds, null = training_conditions(config, subset, workdir)
   log.info("Training set: %d examples (%d unique, %d duplicated ×%d).", len(train),
            len(subset.unique_images), int(subset.manifest.is_duplicated.sum()), config.data.dup_factor)
 
@@ -153,18 +192,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if ckpt.latest_step() is not None:
     state = restore_state(ckpt, state)  # restored with the template's (replicated) sharding
     log.info("Resumed from checkpoint at step %d in %s.", state.step, ckpt.directory)
-  _drop_metrics_after(os.path.join(workdir, "metrics.jsonl"), state.step)  # they are trained again
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  _drop_metrics_after(metrics_path, state.step)  # they are trained again
   if state.step >= t.steps:
     log.info("Already trained to step %d ≥ train.steps=%d; nothing to do.", state.step, t.steps)
+    ckpt.close()
+    return state
+  mon = _make_monitor(config, c, graphdef, subset, conds, null)
+  stop_at = c.monitor.stop_copy_rate
+  last = _last_record(metrics_path, state.step) if mon is not None and state.step else None
+  if last is not None and "monitor" in last and monitor_lib.should_stop(last["monitor"], stop_at):
+    log.info("Already stopped early: %s", _stop_message(state.step, last["monitor"], stop_at,
+                                                         ckpt.directory))
     ckpt.close()
     return state
 
   step_fn = step_function(config, graphdef, tx, mesh)
   rows = sharding.local_rows(mesh, t.batch_size)
   base_key = jax.random.key(config.seed)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
   params, opt_state, ema = state.params, state.opt_state, state.ema_params
   last_good = ckpt.latest_step()
+
+  def batch(step: int):
+    idx = batch_indices(len(train), t.batch_size, step, config.seed)[rows]  # this host's rows
+    x0, labels = sharding.global_batch(mesh, train.images[idx], conds[idx])
+    return x0, labels, sharding.replicate(jax.random.fold_in(base_key, step), mesh)
+
+  # Compiled before the progress bar starts, so its rate and ETA are those of training steps.
+  log.info("Compiling the training step%s (once; tens of seconds on a CPU)…",
+           " and the monitor's sampler" if mon is not None else "")
+  t0 = time.perf_counter()
+  step_fn = step_fn.lower(params, opt_state, ema, *batch(state.step), state.step).compile()
+  compile_s = time.perf_counter() - t0
+  sampler_s = f" and the monitor's sampler in {mon.compile(ema):.1f} s" if mon is not None else ""
+  log.info("Compiled the training step in %.1f s%s; training steps %d → %d.", compile_s, sampler_s,
+           state.step, t.steps)
+
   window, t_window = [], time.perf_counter()
   pending = None  # (step, metrics) of the step in flight: checked after the next one is dispatched
 
@@ -182,29 +245,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   bar = tqdm(range(state.step, t.steps), initial=state.step, total=t.steps, desc="train",
              unit="step", dynamic_ncols=True, mininterval=1.0)
+  postfix, stopped, final = {}, None, t.steps
   for step in bar:
-    idx = batch_indices(len(train), t.batch_size, step, config.seed)[rows]  # this host's rows
-    x0, labels = sharding.global_batch(mesh, train.images[idx], conds[idx])
-    key = sharding.replicate(jax.random.fold_in(base_key, step), mesh)
+    x0, labels, key = batch(step)
     params, opt_state, ema, metrics = step_fn(params, opt_state, ema, x0, labels, key, step)
     if pending is not None:
       window.append(check(*pending))
     pending = (step, metrics)
     done = step + 1
-    if done % t.log_every == 0 or done == t.steps or done % t.checkpoint_every == 0:
+    monitor_due = mon is not None and (done % c.monitor.every == 0 or done == t.steps)
+    if done % t.log_every == 0 or done == t.steps or done % t.checkpoint_every == 0 or monitor_due:
       window.append(check(*pending))
       pending = None
       elapsed = time.perf_counter() - t_window
       ips = len(window) * t.batch_size / elapsed
       record = dict(step=done, loss=float(np.mean(window)), grad_norm=float(metrics["grad_norm"]),
                     images_per_s=ips, time=time.time())
+      postfix.update(loss=f"{record['loss']:.4f}", img_s=f"{ips:.0f}")
+      if monitor_due:
+        t_mon = time.perf_counter()
+        record["monitor"] = mon(ema)
+        record["monitor_seconds"] = time.perf_counter() - t_mon
+        postfix["copy"] = f"{record['monitor']['copy_rate']:.2f}"
+        if monitor_lib.should_stop(record["monitor"], stop_at):
+          stopped = record["monitor"]
       _append_jsonl(metrics_path, record)
-      bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{ips:.0f}")
+      bar.set_postfix(postfix)
       window, t_window = [], time.perf_counter()
-    if done % t.checkpoint_every == 0 or done == t.steps:
+    if done % t.checkpoint_every == 0 or done == t.steps or stopped is not None:
       ckpt.save(done, TrainState(done, params, ema, opt_state).as_dict())
       last_good = done
       t_window = time.perf_counter()  # keep checkpoint time out of images/s
+    if stopped is not None:
+      final = done
+      break
   bar.close()
   ckpt.close()
-  return TrainState(t.steps, params, ema, opt_state)
+  if mon is not None:
+    png = monitor_lib.plot_curve(metrics_path, os.path.join(workdir, monitor_lib.PLOT_NAME),
+                                 title=mon.description)
+    if png:
+      log.info("Monitor: copy rate against step in %s.", png)
+  if stopped is not None:
+    log.info(_stop_message(final, stopped, stop_at, ckpt.directory))
+  log.info("Done: trained to step %d; checkpoint in %s. Next: python sample.py --workdir %s",
+           final, ckpt.directory, workdir)
+  return TrainState(final, params, ema, opt_state)
