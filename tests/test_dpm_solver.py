@@ -67,14 +67,18 @@ def test_dpmpp_2m_matches_a_float64_reference(num_steps, spacing):
 def test_second_order_is_closer_to_the_exact_ode_solution_than_ddim():
   # Gaussian data: the probability-flow ODE from x_{t0} ends at
   # μ + s (x_{t0} − √ᾱ_{t0} μ)/√(ᾱ_{t0} s² + 1 − ᾱ_{t0})  (each marginal is Gaussian, the map linear).
+  # On the trailing grid (float64, this noise): DDIM's error halves per doubling of the steps
+  # (0.43, 0.23, 0.12 at 10, 20, 40: first order), 2M's falls faster (0.32, 0.072, 0.0029).
+  # (On the leading "uniform" grid, whose λ steps are very uneven near t = T, 2M is no better
+  # than DDIM until ~80 steps: 0.13 vs 0.11 at 40.)
   x_T = x_noise(8, seed=3)  # noqa: N806
-  grid = samplers.time_grid(1000, 10, "trailing")
+  grid = samplers.time_grid(1000, 40, "trailing")
   ab0 = AB[grid[0]]
   exact = MU + S_DATA * (np.asarray(x_T, np.float64) - np.sqrt(ab0) * MU) / np.sqrt(
       ab0 * S_DATA**2 + 1.0 - ab0)
-  err_ddim = np.abs(run("ddim", x_T, num_steps=10, spacing="trailing") - exact).max()
-  err_2m = np.abs(run("dpmpp_2m", x_T, num_steps=10, spacing="trailing") - exact).max()
-  assert err_2m < 0.5 * err_ddim, (err_2m, err_ddim)
+  err_ddim = np.abs(run("ddim", x_T, num_steps=40, spacing="trailing") - exact).max()
+  err_2m = np.abs(run("dpmpp_2m", x_T, num_steps=40, spacing="trailing") - exact).max()
+  assert err_2m < 0.1 * err_ddim, (err_2m, err_ddim)
 
 
 @pytest.mark.parametrize("clip_x0", [False, True])
