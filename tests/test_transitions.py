@@ -214,3 +214,25 @@ def test_k_star_on_the_exact_denoiser_equals_basins_measurement():
   got = study_tr.k_star(basin.copies(np.asarray(fam), setup), sweep, none=S)
   np.testing.assert_array_equal(got, expected)
   assert len(set(expected.tolist())) >= 3  # the transition really is per sample
+
+
+def test_the_study_end_to_end_on_the_tiny_run(tiny_run, tmp_path):
+  """Sweep, detectors, the two-pass and dynamic arms, the write-up; a rerun reuses the samples."""
+  import json
+  import os
+  kw = dict(num=4, w_pre=0.0, w_post=3.0, two_pass_s=[2.0], dynamic_w_pre=1.0, chunk=2,
+            cache=str(tmp_path / "cache"), classifier_cache=str(tmp_path / "clf"), use=2)
+  r = study_tr.study(tiny_run, outdir=str(tmp_path / "out"), **kw)
+  S = r["num_steps"]  # noqa: N806
+  assert r["steps"] == list(range(S + 1)) and r["n"] == 2 and len(r["k_star"]) == 2
+  assert set(r["detectors"]) == set(study_tr.default_detectors(w_pre=0.0, w_post=3.0))
+  assert set(r["extra"]) == {"two_pass_s2", "authors_dynamic_w_pre1"}
+  assert len(r["extra"]["two_pass_s2"]["k_hat"]) == 2
+  for name in ("results.json", "report.md", "k_star.png", "frontier.png"):
+    assert os.path.exists(tmp_path / "out" / name), name
+  assert json.load(open(tmp_path / "out" / "results.json"))["k_star"] == r["k_star"]
+  again = study_tr.study(tiny_run, outdir=str(tmp_path / "out2"), **kw)
+  assert again["timing"] == r["timing"]  # every chunk and arm read back, nothing resampled
+  assert again["k_star"] == r["k_star"]
+  with pytest.raises(ValueError, match="--use"):
+    study_tr.study(tiny_run, outdir=str(tmp_path / "out3"), **(kw | dict(use=3)))

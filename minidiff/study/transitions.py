@@ -276,8 +276,9 @@ class Sweep:
 
 
 def run_sweep(run, conditions, x_T: np.ndarray, key, *, w_pre: float, w_post: float,  # noqa: N803
-              chunk: int, cache: str) -> Sweep:
-  """Samples the sweep in chunks of `chunk` noises; each chunk is saved in `cache` and reused."""
+              chunk: int, cache: str, use: int | None = None) -> Sweep:
+  """Samples the sweep in chunks of `chunk` noises (the first `use` of x_T); each chunk is saved
+  in `cache` and reused."""
   import jax
   import jax.numpy as jnp
 
@@ -305,7 +306,7 @@ def run_sweep(run, conditions, x_T: np.ndarray, key, *, w_pre: float, w_post: fl
   n = x_T.shape[0]
   meta = json.dumps(dict(w_pre=w_pre, w_post=w_post, options=dataclasses.asdict(o), n=n,
                          chunk=chunk), sort_keys=True)
-  for i in range(0, n, chunk):
+  for i in range(0, n if use is None else use, chunk):
     path = os.path.join(cache, f"sweep_w{w_pre:g}_{i:05d}.npz")
     if os.path.exists(path):
       with np.load(path) as f:
@@ -345,7 +346,8 @@ def run_two_pass(run, conditions, x_T: np.ndarray, key, *, s: float, w_post: flo
   def fn(params, x, cond, null, k):
     eps_fn = lambda x_t, t, c: run.eps_apply(params, x_t, t, c)  # noqa: E731
     x0, diag, two = samplers.sample_two_pass(
-        eps_fn, run.schedule, x, cond, null, k, s=s, w_post=w_post, sampler=o.sampler,
+        eps_fn, run.schedule, x, cond, null, k, s=s, w_post=w_post,
+        fallback_step=min(5, o.num_steps - 1), sampler=o.sampler,
         num_steps=o.num_steps, eta=o.eta, spacing=o.spacing, clip_x0=o.clip_x0)
     return x0, diag.replace(transition_step=two.transition_step)
 
@@ -382,6 +384,15 @@ def measure_flags(ctx, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return f["copy"].reshape(lead), f["class_correct"].reshape(lead)
 
 
+def _first(c, n: int):
+  """The first n rows of a condition set."""
+  import jax
+  return dataclasses.replace(c, cond=jax.tree.map(lambda a: np.asarray(a)[:n], c.cond),
+                             requested_class=c.requested_class[:n], target_image=c.target_image[:n],
+                             groups={k: v[:n] for k, v in c.groups.items()},
+                             prompts=None if c.prompts is None else tuple(c.prompts[:n]))
+
+
 def _tile_conditions(c, reps: int):
   tile = lambda a: np.tile(np.asarray(a), (reps,) + (1,) * (np.ndim(a) - 1))  # noqa: E731
   return dataclasses.replace(c, requested_class=tile(c.requested_class),
@@ -395,8 +406,17 @@ def _tile_conditions(c, reps: int):
 
 def study(workdir: str, *, num: int, w_pre: float, w_post: float, two_pass_s: Sequence[float],
           dynamic_w_pre: float | None, outdir: str, cache: str, chunk: int, seed: int = 0,
-          tolerance: float = 0.03, command: str = "") -> dict[str, Any]:
-  """Runs the sweep, the detectors and the off-sweep arms on `workdir`; writes `outdir`."""
+          use: int | None = None, tolerance: float = 0.03, classifier_cache: str | None = None,
+          command: str = "") -> dict[str, Any]:
+  """Runs the sweep, the detectors and the off-sweep arms on `workdir`; writes `outdir`.
+
+  The noises are the first `use` (default: all) of the `num` shared noises, so a study cut short
+  for time reuses the chunks a longer one sampled.
+  """
+  use = num if use is None else use
+  if not 1 <= use <= num or use % chunk and use != num:
+    raise ValueError(f"--use={use} must lie in [1, --num={num}] and be a multiple of --chunk="
+                     f"{chunk} (or equal --num).")
   from minidiff import config as config_lib
   from minidiff.core import guidance
   from minidiff.data import tokenizer as tokenizer_lib
@@ -427,9 +447,13 @@ def study(workdir: str, *, num: int, w_pre: float, w_post: float, two_pass_s: Se
   x_T, key = sampling.shared_noise(options, shape=shape)  # noqa: N806
   run = arms_lib.SamplerRun(eps_apply, params, schedule, options, sharding.mesh_from_config(config))
   sweep = run_sweep(run, conditions, x_T, key, w_pre=w_pre, w_post=w_post, chunk=chunk,
-                    cache=cache)
+                    cache=cache, use=use)
+  if use < num:  # the study runs on the first `use` noises and their conditions
+    x_T = x_T[:use]  # noqa: N806
+    conditions = _first(conditions, use)
   clf = classifier_lib.load_or_train_classifier(
       resolution=config.data.resolution, dataset=config.data.name, seed=0,
+      cache_dir=classifier_cache,
       settings=classifier_lib.TrainSettings(epochs=config.study.get("classifier_epochs", 15)))
   ctx = evaluation.Context(conditions, subset.unique_images, manifest.is_duplicated, clf, None)
   copied, correct = measure_flags(ctx, sweep.samples)
@@ -438,7 +462,7 @@ def study(workdir: str, *, num: int, w_pre: float, w_post: float, two_pass_s: Se
   k_hat = fire_all(rules, sweep.d_eps, sweep.d_x0, sweep.t, schedule)
   extra, timing = {}, dict(sweep_s=sweep.sample_s)
   for s in two_pass_s:
-    path = os.path.join(cache, f"two_pass_s{s:g}_w{w_post:g}_n{num}.npz")
+    path = os.path.join(cache, f"two_pass_s{s:g}_w{w_post:g}_n{num}_use{use}.npz")
     if os.path.exists(path):
       with np.load(path) as f:
         samples, kh, sec = f["samples"], f["k_hat"], float(f["seconds"])
@@ -450,7 +474,7 @@ def study(workdir: str, *, num: int, w_pre: float, w_post: float, two_pass_s: Se
     timing[f"two_pass_s{s:g}_s"] = sec
   if dynamic_w_pre is not None:
     strategy = guidance.DynamicTransition(w_pre=dynamic_w_pre, w_post=w_post)
-    path = os.path.join(cache, f"dynamic_w{dynamic_w_pre:g}_w{w_post:g}_n{num}.npz")
+    path = os.path.join(cache, f"dynamic_w{dynamic_w_pre:g}_w{w_post:g}_n{num}_use{use}.npz")
     if os.path.exists(path):
       with np.load(path) as f:
         samples, kh, sec = f["samples"], f["k_hat"], float(f["seconds"])
@@ -620,13 +644,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--cache", default=None, help="where sampled chunks are kept (default OUTDIR/cache)")
   p.add_argument("--chunk", type=int, default=50, help="noises per sampled chunk")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--use", type=int, default=None,
+                 help="study only the first USE of the --num noises (a multiple of --chunk)")
   a = p.parse_args(argv)
   if a.num < 1 or a.chunk < 1:
     p.error(f"--num={a.num} and --chunk={a.chunk} must be ≥ 1.")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   study(a.workdir, num=a.num, w_pre=a.w_pre, w_post=a.w_post, two_pass_s=a.two_pass_s,
         dynamic_w_pre=None if np.isnan(a.dynamic_w_pre) else a.dynamic_w_pre, outdir=a.outdir,
-        cache=a.cache or os.path.join(a.outdir, "cache"), chunk=a.chunk, seed=a.seed,
+        cache=a.cache or os.path.join(a.outdir, "cache"), chunk=a.chunk, seed=a.seed, use=a.use,
         command="python -m minidiff.study.transitions " + " ".join(sys.argv[1:] if argv is None
                                                                    else argv))
   return 0
