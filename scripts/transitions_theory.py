@@ -84,6 +84,8 @@ def main() -> int:
     r.update(command="python scripts/transitions_theory.py " + " ".join(sys.argv[1:]),
              workdir="exact denoisers (minidiff/theory/basin.py, π = 0.7, 16×16)",
              conditions=f"condition {MEM} (memorized), {a.n} noises", kind="exact",
+             copy_def="‖x − a‖ < ‖x − NN₂‖/3 (a the atom)",
+             alignment_def=f"the nearest training image is a \"{MEM}\"",
              w_pre=w_pre, w_post=W_POST, checkpoint_step=0,
              sampler=dict(sampler="ddim", num_steps=S, eta=0.0, spacing="linspace", clip_x0=True,
                           seed=0),

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 OFFSETS = (0, 1, 2, 3, 5, 8)  # j of the oracle at k* + j
 WITHIN = 2  # "within ±2 steps"
+COPY_DEF = "ratio test ‖x−NN₁‖/‖x−NN₂‖ < 1/3 on the de-duplicated training set"
+ALIGNMENT_DEF = "the evaluation classifier's class is the requested one"
 
 
 # --- the analysis: pure numpy on flags [K, N] ------------------------------------------------------
@@ -524,8 +526,8 @@ def render(r: dict) -> str:
       f"{r['n']} initial noises ({r.get('conditions', '')}); {r['sampler']['sampler']}-"
       f"{r['num_steps']}, {r['sampler']['spacing']} spacing; static switches w_pre = "
       f"{r['w_pre']:g} → w_post = {r['w_post']:g} at every step k = 0 … {r['num_steps']} "
-      f"(k = {r['num_steps']}: never). Copy = ratio test < 1/3 on the de-duplicated training "
-      f"set; alignment = the evaluation classifier's class = the requested one. Wall time "
+      f"(k = {r['num_steps']}: never). Copy = {r.get('copy_def', COPY_DEF)}; alignment = "
+      f"{r.get('alignment_def', ALIGNMENT_DEF)}. Wall time "
       f"{r['wall_s']:.0f} s (sweep {r['timing']['sweep_s']:.0f} s).", "",
       "## The true transition k*", "",
       f"k* = the earliest step whose switch does not end as a copy. Median k* = "
