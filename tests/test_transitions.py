@@ -178,6 +178,9 @@ def test_analyse_oracle_detectors_and_best_tau():
   # the best switch per noise: no step of noise 2 is both safe and in class → its earliest safe one
   assert r["oracle_best"]["steps"] == [1, 2, 3, 0] and r["oracle_best"]["copy"]["rate"] == 0.0
   assert len(r["flags"]["copied"]) == 5 and r["flags"]["copied"][0] == "1110"
+  keep = r["oracle_best"]["keep_class"]  # noise 2 falls back to CFG from step 0: a copy, in class
+  assert keep["steps"] == [1, 2, 0, 0] and keep["copy"]["rate"] == 0.25
+  assert keep["alignment"]["rate"] == 1.0
   # best τ: alignment within 0.03 of CFG from step 0 (1.0) → steps 0–2; step 2 copies 1/4
   assert r["best_tau"]["step"] == 2 and r["best_tau"]["copy"]["rate"] == 0.25
   ex = r["detectors"]["exact"]
