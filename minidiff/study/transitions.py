@@ -1,6 +1,6 @@
 """Per-sample transition points on a trained model: the true k*, the oracle frontier, detectors.
 
-  python -m minidiff.study.transitions --workdir runs/mnist_dup_s0 --num 200 --outdir OUT
+  python scripts/transitions.py --workdir runs/mnist_dup_s0 --num 200 --outdir OUT
 
 For every initial noise (on memorized conditions), static switches from w_pre to w_post at every
 grid step k = 0 … S (k = S: never) are sampled from one shared prefix
@@ -692,12 +692,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   study(a.workdir, num=a.num, w_pre=a.w_pre, w_post=a.w_post, two_pass_s=a.two_pass_s,
         dynamic_w_pre=None if np.isnan(a.dynamic_w_pre) else a.dynamic_w_pre, outdir=a.outdir,
         cache=a.cache or os.path.join(a.outdir, "cache"), chunk=a.chunk, seed=a.seed, use=a.use,
-        command="python -m minidiff.study.transitions " + " ".join(sys.argv[1:] if argv is None
+        command="python scripts/transitions.py " + " ".join(sys.argv[1:] if argv is None
                                                                    else argv))
   return 0
 
 
 if __name__ == "__main__":
-  from minidiff import runtime
-  runtime.configure_cpu()
-  sys.exit(main())
+  sys.exit(main())  # scripts/transitions.py does the same after runtime.configure_cpu()
