@@ -1,9 +1,13 @@
-"""DDIM (Song et al. 2021) and DDPM ancestral (Ho et al. 2020) sampling with per-step guidance.
+"""DDIM (Song et al. 2021), DDPM ancestral (Ho et al. 2020) and DPM-Solver++(2M) (Lu et al. 2022)
+sampling with per-step guidance.
 
 The whole loop is one `jax.lax.scan` over a time grid built before it; each step's PRNG key is
 split up front and passed in as scan data. Per step: one forward pass for the branches the
 strategy needs (cond and null concatenated into a 2B batch), w from the strategy, the guided
-ε̂ = ε_u + w·(ε_c − ε_u), then `ddim_step` or `ddpm_step`, which share one signature.
+ε̂ = ε_u + w·(ε_c − ε_u), then the sampler's stepper. A stepper (`Stepper`) has `init(x_T)` (the
+solver state it carries between steps: nothing for DDIM and DDPM, the previous x̂₀ and step size
+for the multistep DPM-Solver++) and `step(...)`; `ddim_step` and `ddpm_step` are one-step
+functions of one signature, wrapped as `OneStep` steppers.
 
 Time runs on the model's scale t = 0 … T−1 (T−1 ≈ pure noise); `t_prev = −1` marks the last step,
 to x₀, with ᾱ_{−1} = 1.
@@ -11,20 +15,21 @@ to x₀, with ᾱ_{−1} = 1.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+import math
+from typing import Any, Callable, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from minidiff.core import guidance
+from minidiff.core import guidance, transitions
 from minidiff.core.guidance import Strategy
 from minidiff.core.schedule import NoiseSchedule
 
 PyTree = Any
 EpsFn = guidance.EpsFn
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpmpp_2m")
 SPACINGS = ("uniform", "trailing", "linspace")
 
 
@@ -163,7 +168,110 @@ def ddpm_step(
   return mean + jnp.sqrt(jnp.maximum(var, 0.0)) * z, x0_hat
 
 
-_STEPS = {"ddim": ddim_step, "ddpm": ddpm_step}
+class Stepper(Protocol):
+  """A sampler's update rule, with the solver state it carries from one step to the next.
+
+  `init(x_T)` gives the initial state (a pytree; `()` for one-step samplers); `step(schedule,
+  state, x_t, eps, t, t_prev, key, *, eta, clip_x0)` returns (x_prev, x̂₀, new state), with the
+  arguments of `ddim_step`.
+  """
+
+  def init(self, x_T: jax.Array) -> PyTree:  # noqa: N803
+    ...
+
+  def step(self, schedule: NoiseSchedule, state: PyTree, x_t: jax.Array, eps: jax.Array,
+           t: jax.Array, t_prev: jax.Array, key: jax.Array, *, eta: float, clip_x0: bool
+           ) -> tuple[jax.Array, jax.Array, PyTree]:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class OneStep:
+  """A stateless stepper around a one-step function of `ddim_step`'s signature."""
+
+  fn: Callable
+
+  def init(self, x_T: jax.Array) -> tuple:  # noqa: N803
+    del x_T
+    return ()
+
+  def step(self, schedule, state, x_t, eps, t, t_prev, key, *, eta, clip_x0):
+    x_prev, x0_hat = self.fn(schedule, x_t, eps, t, t_prev, key, eta=eta, clip_x0=clip_x0)
+    return x_prev, x0_hat, state
+
+
+@struct.dataclass
+class MultistepState:
+  """What DPM-Solver++(2M) carries between steps."""
+
+  x0_prev: jax.Array  # [B, H, W, C] x̂₀ of the previous step (zeros before the first)
+  h_prev: jax.Array  # [B] float32: the previous step's h = λ_{t_{i−1}} − λ_{t_{i−2}}
+  count: jax.Array  # scalar int32: steps taken so far
+
+
+def _log_snr_half(ab: jax.Array) -> jax.Array:
+  """λ = log(α/σ) = ½ log(ᾱ/(1−ᾱ)) (Lu et al. 2022), for ᾱ < 1."""
+  return 0.5 * (jnp.log(ab) - jnp.log1p(-ab))
+
+
+@dataclasses.dataclass(frozen=True)
+class DPMSolverPP:
+  """DPM-Solver++ multistep in data prediction (Lu et al. 2022, "DPM-Solver++", Algorithm 2).
+
+  With α = √ᾱ, σ = √(1−ᾱ), λ = log(α/σ) and h_i = λ_{t_i} − λ_{t_{i−1}}, each step is
+    x_{t_i} = (σ_{t_i}/σ_{t_{i−1}}) x_{t_{i−1}} − α_{t_i} (e^{−h_i} − 1) D_i,
+  with D_i = x̂₀ of this step (first order: this equals deterministic DDIM) or, for order 2 and
+  from the second step on, D_i = (1 + 1/(2r_i)) x̂₀_i − 1/(2r_i) x̂₀_{i−1}, r_i = h_{i−1}/h_i.
+  The last step, to ᾱ = 1 (σ = 0, λ = ∞), is first order (diffusers' `lower_order_final`): it
+  returns D = x̂₀. Deterministic: η and the key are not used. x̂₀ is clipped when `clip_x0`.
+  """
+
+  order: int = 2
+
+  def __post_init__(self):
+    if self.order not in (1, 2):
+      raise ValueError(f"DPMSolverPP order must be 1 or 2, got {self.order!r}.")
+
+  def init(self, x_T: jax.Array) -> MultistepState:  # noqa: N803
+    return MultistepState(x0_prev=jnp.zeros_like(x_T), h_prev=jnp.zeros(x_T.shape[:1], x_T.dtype),
+                          count=jnp.zeros((), jnp.int32))
+
+  def step(self, schedule, state, x_t, eps, t, t_prev, key, *, eta, clip_x0):
+    del key, eta
+    ab_t, ab_prev = _alpha_bars(schedule, t, t_prev, x_t)
+    x0_hat = _predict_x0(x_t, eps, ab_t, clip_x0)
+    final = jnp.asarray(t_prev) < 0
+    ab_next = jnp.where(final, 0.5, ab_prev)  # any ᾱ < 1 keeps λ finite on the (unused) branch
+    h = _log_snr_half(ab_next) - _log_snr_half(ab_t)  # h_i = λ_{t_i} − λ_{t_{i−1}}
+    h = jnp.broadcast_to(h, x_t.shape[:1] + (1,) * (x_t.ndim - 1))
+    if self.order == 2:
+      r = _per_sample(state.h_prev, x_t) / h  # r_i = h_{i−1}/h_i
+      d = (1.0 + 0.5 / r) * x0_hat - (0.5 / r) * state.x0_prev  # D_i, Lu et al. Alg. 2
+      second = (state.count > 0) & ~final
+      d = jnp.where(second, d, x0_hat)
+    else:
+      d = x0_hat
+    sigma_ratio = jnp.sqrt((1.0 - ab_prev) / (1.0 - ab_t))  # σ_{t_i}/σ_{t_{i−1}} (0 at the end)
+    # −α_{t_i}(e^{−h} − 1) = α_{t_i} − σ_{t_i} α_{t_{i−1}}/σ_{t_{i−1}}  (e^{−h} = σ_t α_s/(α_t σ_s))
+    x_prev = sigma_ratio * x_t + (jnp.sqrt(ab_prev) - sigma_ratio * jnp.sqrt(ab_t)) * d
+    new = MultistepState(x0_prev=x0_hat, h_prev=h.reshape(x_t.shape[:1]).astype(x_t.dtype),
+                         count=state.count + 1)
+    return x_prev, x0_hat, new
+
+
+_STEPPERS: dict[str, Stepper] = {"ddim": OneStep(ddim_step), "ddpm": OneStep(ddpm_step),
+                                 "dpmpp_2m": DPMSolverPP(order=2)}
+
+
+def make_stepper(sampler: "str | Stepper") -> Stepper:
+  """The stepper of a sampler name (one of SAMPLERS), or the given stepper itself."""
+  if isinstance(sampler, str):
+    if sampler not in _STEPPERS:
+      raise ValueError(f"Unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
+    return _STEPPERS[sampler]
+  if not (hasattr(sampler, "init") and hasattr(sampler, "step")):
+    raise ValueError(f"sampler must be one of {SAMPLERS} or a Stepper (init, step), got {sampler!r}.")
+  return sampler
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -171,7 +279,7 @@ class _Plan:
   """Everything about a run that is fixed before tracing (validated on the host)."""
 
   strategy: Strategy
-  step_fn: Callable
+  stepper: Stepper
   use_cond: bool
   use_uncond: bool
   grid: np.ndarray  # [S] t_k
@@ -186,8 +294,7 @@ def _plan(schedule, strategy, sampler, num_steps, eta, spacing, x0_steps, comput
     strategy = guidance.make_strategy(strategy)
   if not isinstance(strategy, Strategy):
     raise ValueError(f"strategy must be a guidance.Strategy or one of {guidance.STRATEGY_NAMES}.")
-  if sampler not in _STEPS:
-    raise ValueError(f"Unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
+  stepper = make_stepper(sampler)
   if not 0.0 <= eta <= 1.0:
     raise ValueError(f"eta must lie in [0, 1], got {eta!r}.")
   T = schedule.T  # noqa: N806
@@ -201,7 +308,7 @@ def _plan(schedule, strategy, sampler, num_steps, eta, spacing, x0_steps, comput
   unique = sorted(set(steps))
   slots = np.full(S, len(unique), np.int32)
   slots[unique] = np.arange(len(unique), dtype=np.int32)
-  return _Plan(strategy=strategy, step_fn=_STEPS[sampler],
+  return _Plan(strategy=strategy, stepper=stepper,
                use_cond=strategy.needs_cond or compute_d,
                use_uncond=strategy.needs_uncond or compute_d,
                grid=grid, slots=slots, num_snapshots=len(unique),
@@ -209,8 +316,8 @@ def _plan(schedule, strategy, sampler, num_steps, eta, spacing, x0_steps, comput
 
 
 def _guided_step(plan: _Plan, eps_fn, schedule, cond, null_cond, eta, clip_x0,
-                 x_t, state, k, t, t_prev, key):
-  """One sampling step: forward pass, w, guided ε̂, sampler update."""
+                 x_t, state, solver, k, t, t_prev, key):
+  """One sampling step: forward pass, w, guided ε̂, sampler update (solver: the stepper's state)."""
   B = x_t.shape[0]  # noqa: N806
   eps_c, eps_u = guidance.predict_branches(
       eps_fn, x_t, jnp.full((B,), t, jnp.int32), cond, null_cond,
@@ -228,8 +335,9 @@ def _guided_step(plan: _Plan, eps_fn, schedule, cond, null_cond, eta, clip_x0,
     eps = eps_u  # only ever w = 0
   else:
     eps = guidance.guide(eps_c, eps_u, w)  # ε̂ = ε_u + w (ε_c − ε_u)
-  x_prev, x0_hat = plan.step_fn(schedule, x_t, eps, t, t_prev, key, eta=eta, clip_x0=clip_x0)
-  return x_prev, x0_hat, state, (d_eps, d_x0, w)
+  x_prev, x0_hat, solver = plan.stepper.step(schedule, solver, x_t, eps, t, t_prev, key, eta=eta,
+                                             clip_x0=clip_x0)
+  return x_prev, x0_hat, state, solver, (d_eps, d_x0, w)
 
 
 def _scan_data(plan: _Plan, key: jax.Array):
@@ -249,7 +357,7 @@ def sample(
     key: jax.Array,
     *,
     strategy: Strategy | str,
-    sampler: str = "ddim",
+    sampler: str | Stepper = "ddim",
     num_steps: int = 50,
     eta: float = 0.0,
     spacing: str = "uniform",
@@ -267,7 +375,8 @@ def sample(
     null_cond: null condition, same structure (may be None if never needed).
     key: PRNG key; split into one key per step.
     strategy: a `guidance.Strategy` or a strategy name (its defaults).
-    sampler: "ddim" or "ddpm" (ancestral; ignores eta).
+    sampler: "ddim", "ddpm" (ancestral; ignores eta), "dpmpp_2m" (DPM-Solver++(2M),
+      deterministic; ignores eta) or a `Stepper`.
     num_steps: S, 1 ≤ S ≤ T.
     eta: DDIM η ∈ [0, 1].
     spacing: time-grid spacing, see `time_grid`.
@@ -282,16 +391,17 @@ def sample(
   _check_conds(plan, cond, null_cond)
 
   def body(carry, xs):
-    x_t, state, snaps = carry
+    x_t, state, solver, snaps = carry
     k, t, t_prev, step_key, slot = xs
-    x_prev, x0_hat, state, record = _guided_step(
-        plan, eps_fn, schedule, cond, null_cond, eta, clip_x0, x_t, state, k, t, t_prev, step_key)
+    x_prev, x0_hat, state, solver, record = _guided_step(
+        plan, eps_fn, schedule, cond, null_cond, eta, clip_x0, x_t, state, solver, k, t, t_prev,
+        step_key)
     snaps = snaps.at[slot].set(x0_hat)  # slot n is a scratch row for unrecorded steps
-    return (x_prev, state, snaps), record
+    return (x_prev, state, solver, snaps), record
 
   snaps = jnp.zeros((plan.num_snapshots + 1,) + x_T.shape, x_T.dtype)
-  init = (x_T, plan.strategy.init_state(x_T.shape[0]), snaps)
-  (x_0, state, snaps), (d_eps, d_x0, w) = jax.lax.scan(body, init, _scan_data(plan, key))
+  init = (x_T, plan.strategy.init_state(x_T.shape[0]), plan.stepper.init(x_T), snaps)
+  (x_0, state, _, snaps), (d_eps, d_x0, w) = jax.lax.scan(body, init, _scan_data(plan, key))
   return x_0, Diagnostics(t=jnp.asarray(plan.grid), d_eps=d_eps, d_x0=d_x0, w=w,
                           transition_step=state.transition_step, x0=snaps[plan.snapshot_order])
 
@@ -305,7 +415,7 @@ def sample_reference(
     key: jax.Array,
     *,
     strategy: Strategy | str,
-    sampler: str = "ddim",
+    sampler: str | Stepper = "ddim",
     num_steps: int = 50,
     eta: float = 0.0,
     spacing: str = "uniform",
@@ -321,16 +431,16 @@ def sample_reference(
   plan = _plan(schedule, strategy, sampler, num_steps, eta, spacing, x0_steps, compute_d)
   _check_conds(plan, cond, null_cond)
 
-  def step(x_t, state, k, t, t_prev, step_key):
+  def step(x_t, state, solver, k, t, t_prev, step_key):
     return _guided_step(plan, eps_fn, schedule, cond, null_cond, eta, clip_x0,
-                        x_t, state, k, t, t_prev, step_key)
+                        x_t, state, solver, k, t, t_prev, step_key)
 
   step = jax.jit(step) if jit_step else step
   ks, ts, t_prevs, keys, _ = _scan_data(plan, key)
-  x, state = x_T, plan.strategy.init_state(x_T.shape[0])
+  x, state, solver = x_T, plan.strategy.init_state(x_T.shape[0]), plan.stepper.init(x_T)
   records, snaps = [], {}
   for k in range(len(plan.grid)):
-    x, x0_hat, state, record = step(x, state, ks[k], ts[k], t_prevs[k], keys[k])
+    x, x0_hat, state, solver, record = step(x, state, solver, ks[k], ts[k], t_prevs[k], keys[k])
     records.append(record)
     if plan.slots[k] < plan.num_snapshots:
       snaps[int(plan.slots[k])] = x0_hat
@@ -353,7 +463,7 @@ def make_sampler(
     *,
     schedule: NoiseSchedule,
     strategy: Strategy | str,
-    sampler: str = "ddim",
+    sampler: str | Stepper = "ddim",
     num_steps: int = 50,
     eta: float = 0.0,
     spacing: str = "uniform",
@@ -391,7 +501,7 @@ def sample_switch_family(
     w_pre: float,
     w_post: float,
     switch_steps: jax.Array,
-    sampler: str = "ddim",
+    sampler: str | Stepper = "ddim",
     num_steps: int = 50,
     eta: float = 0.0,
     spacing: str = "uniform",
@@ -426,27 +536,34 @@ def sample_switch_family(
   switch_steps = jnp.asarray(switch_steps, jnp.int32)
   nan = jnp.full((S, B), jnp.nan, x_T.dtype)
 
-  def segment(plan, k_start, k_stop, x, record, xs_buf):
+  def segment(plan, k_start, k_stop, x, solver, record, bufs):
     def body(k, carry):
-      x_t, (d_eps, d_x0, w), xs = carry
-      xs = None if xs is None else xs.at[k].set(x_t)  # x_t before step k (the arms' snapshots)
-      x_prev, _, _, (de, dx, wk) = _guided_step(
+      x_t, solver, (d_eps, d_x0, w), bufs = carry
+      if bufs is not None:  # x_t and the solver state before step k (the arms' snapshots)
+        bufs = jax.tree.map(lambda b, v: b.at[k].set(v), bufs, (x_t, solver))
+      x_prev, _, _, solver, (de, dx, wk) = _guided_step(
           plan, eps_fn, schedule, cond, null_cond, eta, clip_x0, x_t,
-          plan.strategy.init_state(B), ks[k], ts[k], t_prevs[k], keys[k])
-      return x_prev, (d_eps.at[k].set(de), d_x0.at[k].set(dx), w.at[k].set(wk)), xs
-    return jax.lax.fori_loop(k_start, k_stop, body, (x, record, xs_buf))
+          plan.strategy.init_state(B), solver, ks[k], ts[k], t_prevs[k], keys[k])
+      return x_prev, solver, (d_eps.at[k].set(de), d_x0.at[k].set(dx), w.at[k].set(wk)), bufs
+    return jax.lax.fori_loop(k_start, k_stop, body, (x, solver, record, bufs))
 
-  # The shared start: w_pre up to the last arm's switch, x_t kept before every step.
-  xs_buf = jnp.zeros((S + 1,) + x_T.shape, x_T.dtype)
-  x_last, pre_record, xs_buf = segment(pre, 0, jnp.max(switch_steps), x_T, (nan, nan, nan), xs_buf)
-  xs_buf = xs_buf.at[jnp.max(switch_steps)].set(x_last)
+  # The shared start: w_pre up to the last arm's switch, x_t (and the solver state) kept before
+  # every step.
+  solver0 = pre.stepper.init(x_T)
+  bufs = jax.tree.map(lambda v: jnp.zeros((S + 1,) + jnp.shape(v), jnp.asarray(v).dtype),
+                      (x_T, solver0))
+  k_max = jnp.max(switch_steps)
+  x_last, solver_last, pre_record, bufs = segment(pre, 0, k_max, x_T, solver0, (nan, nan, nan),
+                                                  bufs)
+  bufs = jax.tree.map(lambda b, v: b.at[k_max].set(v), bufs, (x_last, solver_last))
 
   def arm(k_a):
     # Each arm: from its snapshot x_{k_a}, w_post to the end (steps ≥ k_a of the prefix record
     # are overwritten; steps < k_a keep w_pre's record).
     mask = (jnp.arange(S) < k_a)[:, None]
     record = tuple(jnp.where(mask, r, jnp.nan) for r in pre_record)
-    x0, record, _ = segment(post, k_a, S, xs_buf[k_a], record, None)
+    x_a, solver_a = jax.tree.map(lambda b: b[k_a], bufs)
+    x0, _, record, _ = segment(post, k_a, S, x_a, solver_a, record, None)
     return x0, record
 
   x0, (d_eps, d_x0, w) = jax.lax.map(arm, switch_steps)
@@ -454,6 +571,68 @@ def sample_switch_family(
   return x0, Diagnostics(t=jnp.asarray(pre.grid), d_eps=d_eps, d_x0=d_x0, w=w,
                           transition_step=jnp.broadcast_to(transition[:, None], (len(switch_steps), B)),
                           x0=jnp.zeros((len(switch_steps), 0) + x_T.shape, x_T.dtype))
+
+
+@struct.dataclass
+class TwoPass:
+  """What the authors' two-pass rule adds to the second pass's Diagnostics."""
+
+  cos_dist: jax.Array  # [S, B] first pass: 1 − cos(x_k, x_{k+1}) around each step k
+  transition_step: jax.Array  # [B] int32 step from which the second pass applies w_post
+
+
+def sample_two_pass(
+    eps_fn: EpsFn,
+    schedule: NoiseSchedule,
+    x_T: jax.Array,  # noqa: N803
+    cond: PyTree,
+    null_cond: PyTree,
+    key: jax.Array,
+    *,
+    s: float = 7.5,
+    w_post: float = 7.5,
+    fallback_step: int = 5,
+    sampler: str | Stepper = "ddim",
+    num_steps: int = 50,
+    eta: float = 0.0,
+    spacing: str = "uniform",
+    clip_x0: bool = True,
+) -> tuple[jax.Array, Diagnostics, TwoPass]:
+  """The authors' released rule for opposite guidance + dynamic transition, both passes, per sample.
+
+  Pass 1 samples from x_T with opposite guidance w = −s throughout and records, per sample, the
+  cosine distance between consecutive iterates, 1 − cos(x_k, x_{k+1}) (flattened). The transition
+  is `transitions.two_pass_transition` of it (the first local minimum; the second if the first is
+  at index 1; `fallback_step` if none). Pass 2 restarts from the same x_T with the same keys and
+  uses −s before the transition and w_post from it on. Traceable: jit it as one program; any batch.
+
+  Returns:
+    (x₀ [B, H, W, C] of pass 2, pass 2's Diagnostics, TwoPass with pass 1's cosine distances).
+  """
+  if isinstance(s, bool) or not isinstance(s, (int, float)) or not (math.isfinite(s) and s > 0):
+    raise ValueError(f"sample_two_pass: the opposite-guidance scale s must be a number > 0, got {s!r}.")
+  if not isinstance(fallback_step, int) or not 0 <= fallback_step < num_steps:
+    raise ValueError(f"sample_two_pass: fallback_step must be a step index in [0, {num_steps}), "
+                     f"got {fallback_step!r}.")
+  first = _plan(schedule, guidance.Constant(w=-float(s)), sampler, num_steps, eta, spacing, (),
+                False)
+  _check_conds(first, cond, null_cond)
+
+  def body(carry, xs):
+    x_t, state, solver = carry
+    k, t, t_prev, step_key, _ = xs
+    x_prev, _, state, solver, _ = _guided_step(
+        first, eps_fn, schedule, cond, null_cond, eta, clip_x0, x_t, state, solver, k, t, t_prev,
+        step_key)
+    return (x_prev, state, solver), transitions.cosine_distance(x_t, x_prev)
+
+  init = (x_T, first.strategy.init_state(x_T.shape[0]), first.stepper.init(x_T))
+  _, cos_dist = jax.lax.scan(body, init, _scan_data(first, key))
+  tp = transitions.two_pass_transition(cos_dist, fallback_step=fallback_step)
+  second = transitions.StepSwitch(w_pre=-float(s), w_post=float(w_post), steps=tp)
+  x0, diag = sample(eps_fn, schedule, x_T, cond, null_cond, key, strategy=second, sampler=sampler,
+                    num_steps=num_steps, eta=eta, spacing=spacing, clip_x0=clip_x0)
+  return x0, diag, TwoPass(cos_dist=cos_dist, transition_step=tp)
 
 
 def switch_step(grid: np.ndarray, tau: int) -> int:

@@ -1,0 +1,244 @@
+"""Transition detectors on hand-made sequences, the two-pass rule, and k* / the oracle / scoring."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minidiff.core import guidance, samplers, transitions
+from minidiff.core.schedule import linear_schedule
+from minidiff.study import transitions as study_tr
+
+SCHEDULE = linear_schedule(1000)
+SHAPE = (4, 4, 1)
+
+
+def fire(rule, d, measure_x0=False):
+  """k̂ of `rule` on one hand-made sequence d [S] (given as both measures)."""
+  d = np.asarray(d, np.float32)[:, None]
+  grid = np.arange(len(d))[::-1] * 10
+  return int(transitions.fire_steps(rule, d, d, t=grid, schedule=SCHEDULE)[0])
+
+
+# --- hand-made d sequences ----------------------------------------------------------------------
+
+
+def test_authors_rule_through_fire_steps_is_the_first_strict_local_minimum():
+  rule = guidance.DynamicTransition(w_pre=1.0, w_post=7.5)
+  assert fire(rule, [3, 2, 1, 2, 0, 5]) == 3  # minimum at k = 2, seen at k = 3
+  assert fire(rule, [1, 2, 3, 4]) == -1  # rising: never
+  assert fire(rule, [2, 1, 1, 2]) == -1  # equal values are not a strict minimum
+  assert fire(guidance.DynamicTransition(min_step=5), [3, 2, 3, 4, 3, 4]) == 5
+
+
+def test_peak_drop_fires_once_d_falls_to_a_fraction_of_its_running_peak():
+  rule = transitions.PeakDrop(measure="x0", fraction=0.5)
+  # peak 8 at k = 2; 4.5 > 4 does not fire; 4.0 ≤ 0.5·8 fires at k = 4; latched after.
+  assert fire(rule, [2, 5, 8, 4.5, 4.0, 9, 1]) == 4
+  assert fire(rule, [1, 2, 3, 2.9, 2.0]) == -1  # never below half of 3
+  # a fall in the first steps counts only from min_step on: 10 → 1 at k = 1 is ignored
+  assert fire(transitions.PeakDrop(fraction=0.5, min_step=3), [10, 1, 1.2, 0.5]) == 3
+  with pytest.raises(ValueError, match="fraction"):
+    transitions.PeakDrop(fraction=1.0)
+
+
+def test_peak_passed_fires_lag_steps_after_the_last_new_peak():
+  rule = transitions.PeakPassed(measure="eps", lag=2)
+  # new peaks at k = 0, 1, 2; k = 3 and 4 stay below 5: two steps without a new peak → k = 4
+  assert fire(rule, [1, 3, 5, 4, 4.5, 6]) == 4
+  assert fire(rule, [1, 2, 3, 4, 5]) == -1  # a new peak every step
+  assert fire(transitions.PeakPassed(lag=1), [1, 3, 2]) == 2
+  with pytest.raises(ValueError, match="lag"):
+    transitions.PeakPassed(lag=0)
+
+
+def test_offline_rules_equal_the_same_rules_run_inside_the_sampler():
+  # A denoiser whose d oscillates with a class-dependent phase: the rules fire at different steps.
+  def eps_fn(x, t, cond):
+    amp = jnp.where(cond == 3, 0.0, 1.5 + jnp.cos(t / 60.0 + 1.3 * cond))
+    return 0.5 * x + 0.1 * amp[:, None, None, None]
+
+  x_T = jnp.asarray(np.random.default_rng(0).standard_normal((3,) + SHAPE), jnp.float32)  # noqa: N806
+  cond, null, key = jnp.asarray([0, 1, 2]), jnp.full((3,), 3), jax.random.key(0)
+  _, pre = samplers.sample(eps_fn, SCHEDULE, x_T, cond, null, key, strategy=guidance.Constant(w=0.0),
+                           num_steps=30, compute_d=True)
+  for rule in (guidance.DynamicTransition(w_pre=0.0), transitions.PeakDrop(w_pre=0.0, fraction=0.7),
+               transitions.PeakPassed(w_pre=0.0, lag=2, measure="x0")):
+    offline = transitions.fire_steps(rule, pre.d_eps, pre.d_x0, t=pre.t, schedule=SCHEDULE)
+    _, online = samplers.sample(eps_fn, SCHEDULE, x_T, cond, null, key, strategy=rule, num_steps=30)
+    np.testing.assert_array_equal(offline, online.transition_step)
+    assert (np.asarray(offline) >= 0).all()
+
+
+# --- the authors' two-pass rule --------------------------------------------------------------------
+
+
+def two_pass_reference(c, fallback=5):
+  """Plain Python: scipy's argrelextrema(c, np.less) minima, then the authors' index-1 rule."""
+  minima = [i for i in range(1, len(c) - 1) if c[i] < c[i - 1] and c[i] < c[i + 1]]
+  if not minima:
+    return fallback
+  return minima[1] if minima[0] == 1 and len(minima) >= 2 else minima[0]
+
+
+@pytest.mark.parametrize("c, expected", [
+    ([5, 4, 3, 2, 3, 1, 2], 3),  # first minimum at index 3
+    ([5, 1, 2, 3, 0.5, 4], 4),  # first at index 1: take the second
+    ([5, 1, 2, 3, 4, 5], 1),  # only a minimum at index 1: keep it
+    ([1, 2, 3, 4, 5, 6], 5),  # none: the fallback step
+    ([3, 2, 2, 3, 1, 1.5], 4),  # a flat bottom is no strict minimum
+])
+def test_two_pass_transition_on_hand_made_sequences(c, expected):
+  assert two_pass_reference(c) == expected
+  got = transitions.two_pass_transition(np.asarray(c, np.float32)[:, None], fallback_step=5)
+  assert int(got[0]) == expected
+
+
+def test_two_pass_transition_is_per_sample():
+  rng = np.random.default_rng(1)
+  c = rng.uniform(size=(20, 64)).astype(np.float32)
+  got = np.asarray(transitions.two_pass_transition(c, fallback_step=7))
+  np.testing.assert_array_equal(got, [two_pass_reference(list(c[:, b]), 7) for b in range(64)])
+
+
+def test_two_pass_program_equals_the_two_passes_by_hand():
+  def eps_fn(x, t, cond):
+    means = jnp.asarray([-0.4, 0.2, 0.5, 0.0])[cond].reshape((-1, 1, 1, 1))  # class 3 = null
+    ab = SCHEDULE.alpha_bar[t].reshape((-1, 1, 1, 1))
+    return jnp.sqrt(1.0 - ab) * (x - jnp.sqrt(ab) * means) / (ab * 0.09 + 1.0 - ab)
+
+  x_T = jnp.asarray(np.random.default_rng(2).standard_normal((3,) + SHAPE), jnp.float32)  # noqa: N806
+  cond, null, key = jnp.asarray([0, 1, 2]), jnp.full((3,), 3), jax.random.key(0)
+  s, w_post, S = 3.0, 5.0, 20  # noqa: N806
+  x0, diag, two = jax.jit(lambda x: samplers.sample_two_pass(
+      eps_fn, SCHEDULE, x, cond, null, key, s=s, w_post=w_post, num_steps=S))(x_T)
+  # pass 1 by hand: DDIM steps under w = −s, 1 − cos between consecutive iterates
+  grid = samplers.time_grid(1000, S)
+  x, cos = x_T, []
+  for k, t in enumerate(grid):
+    tb = jnp.full((3,), t)
+    eps = guidance.guide(eps_fn(x, tb, cond), eps_fn(x, tb, null), jnp.full((3,), -s))
+    x_next, _ = samplers.ddim_step(SCHEDULE, x, eps, t, grid[k + 1] if k + 1 < S else -1, key)
+    a, b = np.asarray(x, np.float64).reshape(3, -1), np.asarray(x_next, np.float64).reshape(3, -1)
+    cos.append(1 - (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1))
+    x = x_next
+  cos = np.stack(cos)
+  np.testing.assert_allclose(two.cos_dist, cos, rtol=1e-3, atol=1e-6)
+  tp = [two_pass_reference(list(cos[:, b])) for b in range(3)]
+  np.testing.assert_array_equal(two.transition_step, tp)
+  # pass 2 by hand: each sample alone with a static switch at its own step
+  for b in range(3):
+    strategy = guidance.StaticTransition(w_pre=-s, tau=int(grid[tp[b]]), w_post=w_post)
+    ref, ref_diag = samplers.sample(eps_fn, SCHEDULE, x_T[b:b + 1], cond[b:b + 1], null[b:b + 1],
+                                    key, strategy=strategy, num_steps=S)
+    np.testing.assert_allclose(x0[b:b + 1], ref, atol=1e-5)
+    np.testing.assert_array_equal(diag.w[:, b], ref_diag.w[:, 0])
+  np.testing.assert_array_equal(diag.transition_step, tp)
+
+
+def test_two_pass_rejects_bad_options_before_tracing():
+  def eps_fn(x, t, c):
+    raise AssertionError("not traced")
+  args = (eps_fn, SCHEDULE, jnp.zeros((1,) + SHAPE), jnp.zeros(1), jnp.zeros(1), jax.random.key(0))
+  with pytest.raises(ValueError, match="s must"):
+    samplers.sample_two_pass(*args, s=-1.0)
+  with pytest.raises(ValueError, match="fallback_step"):
+    samplers.sample_two_pass(*args, num_steps=5, fallback_step=5)
+
+
+# --- k*, the oracle and the scoring -------------------------------------------------------------
+
+
+def test_k_star_monotone_and_rows():
+  # 3 noises, switch steps 0, 2, 4, 6 (6 = never); copy flags per step
+  copied = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0]], bool)
+  steps = [0, 2, 4, 6]
+  np.testing.assert_array_equal(study_tr.k_star(copied, steps), [4, 2, 0])
+  assert study_tr.monotone_fraction(copied) == pytest.approx(2 / 3)  # noise 1 copies again at 4
+  np.testing.assert_array_equal(study_tr.k_star(np.ones((4, 2), bool), steps), [-1, -1])
+  np.testing.assert_array_equal(study_tr.rows_at(steps, np.array([-1, 2, 9])), [3, 1, 3])
+  with pytest.raises(ValueError, match="not on the sweep"):
+    study_tr.rows_at(steps, np.array([3]))
+
+
+def test_analyse_oracle_detectors_and_best_tau():
+  # Switch steps 0…4 (4 = never), 4 noises; copies stop at k* = 1, 2, 3, 0; class is lost from
+  # step 3 on for every noise.
+  steps = np.arange(5)
+  k_true = np.array([1, 2, 3, 0])
+  copied = steps[:, None] < k_true[None, :]
+  correct = np.repeat((steps < 3)[:, None], 4, axis=1)
+  out = study_tr.Outcomes(steps=steps, t=np.array([40, 30, 20, 10]), copied=copied, correct=correct)
+  r = study_tr.analyse(out, {"exact": k_true, "late": np.array([3, 3, 3, 3]),
+                             "never": np.full(4, -1)})
+  assert r["k_star"] == [1, 2, 3, 0] and r["monotone"] == 1.0
+  assert r["oracle"][0]["copy"]["rate"] == 0.0  # switching at k*: no copies by definition
+  assert r["oracle"][0]["alignment"]["rate"] == 0.75  # noise 2's k* = 3 already loses the class
+  # the best switch per noise: no step of noise 2 is both safe and in class → its earliest safe one
+  assert r["oracle_best"]["steps"] == [1, 2, 3, 0] and r["oracle_best"]["copy"]["rate"] == 0.0
+  assert len(r["flags"]["copied"]) == 5 and r["flags"]["copied"][0] == "1110"
+  keep = r["oracle_best"]["keep_class"]  # noise 2 falls back to CFG from step 0: a copy, in class
+  assert keep["steps"] == [1, 2, 0, 0] and keep["copy"]["rate"] == 0.25
+  assert keep["alignment"]["rate"] == 1.0
+  # best τ: alignment within 0.03 of CFG from step 0 (1.0) → steps 0–2; step 2 copies 1/4
+  assert r["best_tau"]["step"] == 2 and r["best_tau"]["copy"]["rate"] == 0.25
+  ex = r["detectors"]["exact"]
+  assert ex["lag"]["median"] == 0 and ex["lag"]["within"] == 1.0 and ex["lag"]["never_fired"] == 0
+  late = r["detectors"]["late"]
+  assert late["copy"]["rate"] == 0.0 and late["alignment"]["rate"] == 0.0
+  assert late["lag"]["median"] == pytest.approx(1.5)  # lags 2, 1, 0, 3
+  never = r["detectors"]["never"]
+  assert never["lag"]["never_fired"] == 1.0 and never["lag"]["n"] == 0
+  assert never["copy"]["rate"] == 0.0  # never switching = the last row
+  # paired against the best τ on the same noises: exact removes the one copy (noise 2)
+  assert ex["vs_best_tau"]["copy"]["diff"] == pytest.approx(-0.25)
+
+
+def test_k_star_on_the_exact_denoiser_equals_basins_measurement():
+  """The study's sweep (one shared prefix) finds the same k* as basin.py's per-arm sweep."""
+  from minidiff.data import datasets as data
+  from minidiff.theory import basin
+
+  R, N, S = 16, 16, 50  # noqa: N806
+  ds = data.load_dataset("mnist_offline", resolution=R)
+  setup = basin.build_setup(ds.images, ds.labels, SCHEDULE, memorized=3, control=7, atom_weight=0.7)
+  noise = np.random.default_rng(0).standard_normal((N, R, R, 1)).astype(np.float32)
+  grid = samplers.time_grid(1000, S, "linspace")
+  sweep = list(range(10, 41, 3))
+  # basin.py: one arm per static τ = t_k, run as one batch, then transition_from_sweep
+  x0, _ = basin.run_arms(basin.make_runner(num_steps=S), setup, noise,
+                         [basin.Arm(0.0, tau=int(grid[k])) for k in sweep])
+  expected = basin.transition_from_sweep(basin.copies(x0, setup), sweep, S)
+  # the study's way: the shared-prefix family at the same switch steps, then k_star
+  den = setup.denoiser
+  cond = jnp.full((N,), setup.memorized, jnp.int32)
+  null = jnp.full((N,), setup.null_id, jnp.int32)
+  fam, _ = jax.jit(lambda x: samplers.sample_switch_family(
+      den.eps, den.schedule, x, cond, null, jax.random.key(0), w_pre=0.0, w_post=7.5,
+      switch_steps=jnp.asarray(sweep), num_steps=S, spacing="linspace"))(jnp.asarray(noise))
+  got = study_tr.k_star(basin.copies(np.asarray(fam), setup), sweep, none=S)
+  np.testing.assert_array_equal(got, expected)
+  assert len(set(expected.tolist())) >= 3  # the transition really is per sample
+
+
+def test_the_study_end_to_end_on_the_tiny_run(tiny_run, tmp_path):
+  """Sweep, detectors, the two-pass and dynamic arms, the write-up; a rerun reuses the samples."""
+  import json
+  import os
+  kw = dict(num=4, w_pre=0.0, w_post=3.0, two_pass_s=[2.0], dynamic_w_pre=1.0, chunk=2,
+            cache=str(tmp_path / "cache"), classifier_cache=str(tmp_path / "clf"), use=2)
+  r = study_tr.study(tiny_run, outdir=str(tmp_path / "out"), **kw)
+  S = r["num_steps"]  # noqa: N806
+  assert r["steps"] == list(range(S + 1)) and r["n"] == 2 and len(r["k_star"]) == 2
+  assert set(r["detectors"]) == set(study_tr.default_detectors(w_pre=0.0, w_post=3.0))
+  assert set(r["extra"]) == {"two_pass_s2", "authors_dynamic_w_pre1"}
+  assert len(r["extra"]["two_pass_s2"]["k_hat"]) == 2
+  for name in ("results.json", "report.md", "k_star.png", "frontier.png"):
+    assert os.path.exists(tmp_path / "out" / name), name
+  assert json.load(open(tmp_path / "out" / "results.json"))["k_star"] == r["k_star"]
+  again = study_tr.study(tiny_run, outdir=str(tmp_path / "out2"), **kw)
+  assert again["timing"] == r["timing"]  # every chunk and arm read back, nothing resampled
+  assert again["k_star"] == r["k_star"]
+  with pytest.raises(ValueError, match="--use"):
+    study_tr.study(tiny_run, outdir=str(tmp_path / "out3"), **(kw | dict(use=3)))
