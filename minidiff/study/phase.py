@@ -248,6 +248,9 @@ def plot_results(results: dict[str, Any], outdir: str) -> list[str]:
     if nulls:
       ax.plot(*zip(*nulls), "s--", color="tab:gray", label=f"{arm}: its null branch (w = 0), final")
   ax.set_xscale("log", base=2)
+  all_ns = sorted({int(n) for a in results["arms"].values() for n in a["runs"]})
+  ax.set_xticks(all_ns, [str(n) for n in all_ns])
+  ax.minorticks_off()
   ax.set_xlabel("training images n")
   ax.set_ylabel("memorization ratio")
   ax.set_ylim(-0.02, 1.02)
