@@ -26,7 +26,7 @@ import abc
 import dataclasses
 import math
 import numbers
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -131,19 +131,22 @@ def _is_integer(v: Any) -> bool:
 class Strategy(abc.ABC):
   """Base of all guidance strategies: a frozen, hashable configuration (see the module doc)."""
 
+  # True for strategies that read d_t (or trace w): both branches at every step, whatever w is.
+  both_branches: ClassVar[bool] = False
+
   @abc.abstractmethod
   def levels(self) -> tuple[float, ...]:
     """The w values this strategy can apply (for a ramp: its two ends)."""
 
   @property
   def needs_uncond(self) -> bool:
-    """Whether ε_u must be evaluated: some applied w differs from 1."""
-    return any(w != 1.0 for w in self.levels())
+    """Whether ε_u must be evaluated: some applied w differs from 1 (or `both_branches`)."""
+    return self.both_branches or any(w != 1.0 for w in self.levels())
 
   @property
   def needs_cond(self) -> bool:
-    """Whether ε_c must be evaluated: some applied w differs from 0."""
-    return any(w != 0.0 for w in self.levels())
+    """Whether ε_c must be evaluated: some applied w differs from 0 (or `both_branches`)."""
+    return self.both_branches or any(w != 0.0 for w in self.levels())
 
   def validate(self, T: int) -> None:  # noqa: N803 (the paper's name)
     """Raises ValueError if the strategy cannot run on a schedule of length T."""
@@ -254,13 +257,7 @@ class DynamicTransition(Strategy):
   def levels(self) -> tuple[float, ...]:
     return (self.w_pre, self.w_post)
 
-  @property
-  def needs_uncond(self) -> bool:
-    return True  # d needs both branches at every step
-
-  @property
-  def needs_cond(self) -> bool:
-    return True
+  both_branches: ClassVar[bool] = True  # d needs both branches at every step
 
   def init_state(self, batch: int) -> DynamicState:
     nan = jnp.full((batch,), jnp.nan, jnp.float32)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -63,13 +63,7 @@ class _Mitigation:
     """The guidance weights this mitigation can apply."""
     return (self.w,)
 
-  @property
-  def needs_cond(self) -> bool:
-    return True
-
-  @property
-  def needs_uncond(self) -> bool:
-    return True
+  both_branches: ClassVar[bool] = True  # the mitigations read ε_c and ε_u at every step
 
   def validate(self, T: int) -> None:  # noqa: N803 (the paper's name)
     """Raises ValueError if the mitigation cannot run on a schedule of length T."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -95,13 +95,7 @@ class PeakDrop(guidance.Strategy):
   def levels(self) -> tuple[float, ...]:
     return (self.w_pre, self.w_post)
 
-  @property
-  def needs_cond(self) -> bool:
-    return True  # d needs both branches at every step
-
-  @property
-  def needs_uncond(self) -> bool:
-    return True
+  both_branches: ClassVar[bool] = True  # d needs both branches at every step
 
   def init_state(self, batch: int) -> PeakState:
     return _peak_init(batch)
@@ -138,13 +132,7 @@ class PeakPassed(guidance.Strategy):
   def levels(self) -> tuple[float, ...]:
     return (self.w_pre, self.w_post)
 
-  @property
-  def needs_cond(self) -> bool:
-    return True
-
-  @property
-  def needs_uncond(self) -> bool:
-    return True
+  both_branches: ClassVar[bool] = True  # d needs both branches at every step
 
   def init_state(self, batch: int) -> PeakState:
     return _peak_init(batch)

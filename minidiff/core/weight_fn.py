@@ -16,7 +16,7 @@ conditional). Both branches are evaluated at every step, so the signals are alwa
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -53,13 +53,7 @@ class FunctionWeight(Strategy):
   def levels(self) -> tuple[float, ...]:
     return ()  # unknown before tracing: both branches are evaluated
 
-  @property
-  def needs_cond(self) -> bool:
-    return True
-
-  @property
-  def needs_uncond(self) -> bool:
-    return True
+  both_branches: ClassVar[bool] = True  # w is traced: its values are unknown before tracing
 
   def weight(self, state: GuidanceState, k, t, d_eps, d_x0, *, schedule):
     signals = StepSignals(d_eps=d_eps, d_x0=d_x0, sigma_t=schedule.sigma(t))

@@ -13,7 +13,7 @@ rescales the schedule so the same program samples from any start time t₀ (the 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -58,13 +58,7 @@ class Switch(guidance.Strategy):
   def levels(self) -> tuple[float, ...]:
     return ()  # traced per-sample values; both branches are always evaluated
 
-  @property
-  def needs_cond(self) -> bool:
-    return True
-
-  @property
-  def needs_uncond(self) -> bool:
-    return True
+  both_branches: ClassVar[bool] = True  # d needs both branches at every step
 
   def _rule(self, measure: str) -> guidance.DynamicTransition:
     return guidance.DynamicTransition(w_pre=0.0, w_post=1.0, measure=measure,
