@@ -69,8 +69,20 @@ def _latch(state: PeakState, k: jax.Array, fires: jax.Array, d: jax.Array, w_pre
   return jnp.where(ts >= 0, w_post, w_pre).astype(jnp.float32), new
 
 
+class _PeakRule(guidance.Strategy):
+  """What the running-peak rules share: w_pre until they fire, w_post after, read from d."""
+
+  both_branches: ClassVar[bool] = True  # d needs both branches at every step
+
+  def levels(self) -> tuple[float, ...]:
+    return (self.w_pre, self.w_post)  # the subclasses' fields
+
+  def init_state(self, batch: int) -> PeakState:
+    return _peak_init(batch)
+
+
 @dataclasses.dataclass(frozen=True)
-class PeakDrop(guidance.Strategy):
+class PeakDrop(_PeakRule):
   """Fires at the first k ≥ min_step with d_k ≤ fraction · max_{j<k} d_j (latched).
 
   Why: the basin picture is a d that is high while the trajectory is inside the basin and falls
@@ -92,14 +104,6 @@ class PeakDrop(guidance.Strategy):
     if not (isinstance(self.fraction, numbers.Real) and 0.0 < self.fraction < 1.0):
       raise ValueError(f"PeakDrop: fraction must lie in (0, 1), got {self.fraction!r}.")
 
-  def levels(self) -> tuple[float, ...]:
-    return (self.w_pre, self.w_post)
-
-  both_branches: ClassVar[bool] = True  # d needs both branches at every step
-
-  def init_state(self, batch: int) -> PeakState:
-    return _peak_init(batch)
-
   def weight(self, state, k, t, d_eps, d_x0, *, schedule):
     d = (d_eps if self.measure == "eps" else d_x0).astype(jnp.float32)
     fires = (k >= self.min_step) & (d <= self.fraction * state.peak)  # d_k ≤ f · max_{j<k} d_j
@@ -107,7 +111,7 @@ class PeakDrop(guidance.Strategy):
 
 
 @dataclasses.dataclass(frozen=True)
-class PeakPassed(guidance.Strategy):
+class PeakPassed(_PeakRule):
   """Fires at the first k ≥ min_step at which d has not exceeded its running peak for `lag`
   consecutive steps (the peak is `lag` steps old): a change point from rising to not rising.
 
@@ -128,14 +132,6 @@ class PeakPassed(guidance.Strategy):
                 min_step=self.min_step)
     if isinstance(self.lag, bool) or not isinstance(self.lag, numbers.Integral) or self.lag < 1:
       raise ValueError(f"PeakPassed: lag must be an integer ≥ 1, got {self.lag!r}.")
-
-  def levels(self) -> tuple[float, ...]:
-    return (self.w_pre, self.w_post)
-
-  both_branches: ClassVar[bool] = True  # d needs both branches at every step
-
-  def init_state(self, batch: int) -> PeakState:
-    return _peak_init(batch)
 
   def weight(self, state, k, t, d_eps, d_x0, *, schedule):
     d = (d_eps if self.measure == "eps" else d_x0).astype(jnp.float32)
