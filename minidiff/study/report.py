@@ -57,6 +57,51 @@ def seed_cell(r: dict) -> str:
   return f"{100 * r['seed_mean']:.1f} ± {100 * r['seed_std']:.1f}"
 
 
+DETECTION_STATISTICS = {  # the keys of evaluation.DETECTION_SCORES, as the report names them
+    "mean_d_eps": "mean d_t",
+    "first_d_eps": "first-step d_t",
+    "mean_d_x0": "mean ‖x̂₀_c − x̂₀_u‖₂",
+    "first_d_x0": "first-step ‖x̂₀_c − x̂₀_u‖₂",
+}
+DETECTION_TARGETS = {"memorized": "memorized vs other conditions", "copies": "copies vs non-copies"}
+
+
+def accuracy_cell(f: dict) -> str:
+  """'0.915 (≥ 0.506)': best-threshold accuracy and its threshold ('call none' when calling every
+  sample negative is best)."""
+  where = "call none" if f["best_threshold"] is None else f"≥ {f['best_threshold']:.3g}"
+  return f"{f['best_accuracy']:.3g} ({where})"
+
+
+def detection_lines(seeds: list[dict], base: str) -> list[str]:
+  """The detection section's body: Wen et al.'s figures (AUC, TPR at 1% FPR, best-threshold
+  accuracy) per seed, statistic and target; results without `figures` (older results.json) get
+  the AUC-only table."""
+  det = [(x["seed"], x["arms"][base]["detection"]) for x in seeds]
+  if not all("figures" in dd for _, dd in det):
+    lines = ["AUC of d_t = ‖ε_c − ε_u‖₂ for memorized vs other conditions (and for copies vs "
+             "non-copies), per seed.", "", "| seed | mean d_t | first-step d_t | mean d_t, copies |",
+             "|---|---|---|---|"]
+    for seed, dd in det:
+      lines.append(f"| {seed} | {cell(dd['auc_mean_d_eps_memorized'])} | "
+                   f"{cell(dd['auc_first_d_eps_memorized'])} | {cell(dd['auc_mean_d_eps_copies'])} |")
+    return lines
+  lines = ["Wen et al.'s figures for scores built from d_t = ‖ε_c − ε_u‖₂ (and the x̂₀ distance), "
+           "per seed: a sample is called positive when its score is ≥ a threshold. TPR at 1% FPR "
+           "allows ⌊0.01 n⁻⌋ negatives above the threshold (none with fewer than 100); the "
+           "accuracy is that of the best threshold, shown beside it. — where a group is empty.", "",
+           "| seed | target | statistic | AUC | TPR @ 1% FPR | best accuracy (threshold) |",
+           "|---|---|---|---|---|---|"]
+  for seed, dd in det:
+    for target, by_stat in dd["figures"].items():
+      for stat, f in by_stat.items():
+        row = (["—"] * 3 if f is None else
+               [cell(f["auc"]), cell(f["tpr_at_1pct_fpr"]), accuracy_cell(f)])
+        lines.append(f"| {seed} | {DETECTION_TARGETS.get(target, target)} | "
+                     f"{DETECTION_STATISTICS.get(stat, stat)} | " + " | ".join(row) + " |")
+  return lines
+
+
 def render(results: dict) -> str:
   """The report's Markdown."""
   s = results["summary"]
@@ -138,14 +183,7 @@ def render(results: dict) -> str:
       aligned = r["alignment"]["per_seed"] or [None] * len(seeds)
       lines.append(f"| `{a['label']}` | " + " | ".join(
           f"{pct(c)} / {pct(al)}" for c, al in zip(r["copy_memorized"]["per_seed"], aligned)) + " |")
-  det = [(x["seed"], x["arms"][base]["detection"]) for x in seeds]
-  lines += ["", f"## Detection under `{base}`", "",
-            "AUC of d_t = ‖ε_c − ε_u‖₂ for memorized vs other conditions (and for copies vs "
-            "non-copies), per seed.", "", "| seed | mean d_t | first-step d_t | mean d_t, copies |",
-            "|---|---|---|---|"]
-  for seed, dd in det:
-    lines.append(f"| {seed} | {cell(dd['auc_mean_d_eps_memorized'])} | "
-                 f"{cell(dd['auc_first_d_eps_memorized'])} | {cell(dd['auc_mean_d_eps_copies'])} |")
+  lines += ["", f"## Detection under `{base}`", ""] + detection_lines(seeds, base)
   figs = first.get("figures", {})
   if figs:
     lines += ["", f"## Figures (seed {first['seed']})", ""]
