@@ -1,6 +1,7 @@
 """The study report rendered from a small synthetic results dict: Wen et al.'s detection figures
 (AUC, TPR at 1% FPR, best-threshold accuracy) per seed, statistic and target, the AUC-only table for
-results written before the figures existed, and a samples/s cell for every arm."""
+results written before the figures existed, and a samples/s cell for every arm of the frontier and
+every-arm tables."""
 import copy
 
 from minidiff.study import report, summary
@@ -67,7 +68,9 @@ def test_every_arm_has_a_samples_per_second_cell():
   two["seeds"].append(second)
   two["summary"] = summary.summarize(two, tolerance=0.03)
   text = report.render(two)
-  table = text.split("## Every arm")[1].split("\n\n")[1].splitlines()
-  assert table[0].endswith("| samples/s |")
-  assert table[2].startswith("| `cfg:w=7.5` |") and table[2].endswith("| 2.5 |")
-  assert table[3].startswith("| `amg` |") and table[3].endswith("| 2.0 |")  # (1.25 + 2.75) / 2
+  for section in ("## Frontier", "## Every arm"):  # the headline rows and every arm's row
+    table = text.split(section)[1].split("\n\n")[2 if section == "## Frontier" else 1].splitlines()
+    assert table[0].endswith("| samples/s |"), section
+    assert table[2].startswith(("| cfg | `cfg:w=7.5` |", "| `cfg:w=7.5` |")) and table[2].endswith("| 2.5 |")
+    assert table[3].startswith(("| amg | `amg` |", "| `amg` |"))
+    assert table[3].endswith("| 2.0 |")  # (1.25 + 2.75) / 2

@@ -102,6 +102,11 @@ def detection_lines(seeds: list[dict], base: str) -> list[str]:
   return lines
 
 
+def speed_cell(seeds: list[dict], label: str) -> str:
+  """An arm's samples/s: the mean over seeds of what its sampling measured."""
+  return f"{sum(x['arms'][label]['samples_per_s'] for x in seeds) / len(seeds):.1f}"
+
+
 def render(results: dict) -> str:
   """The report's Markdown."""
   s = results["summary"]
@@ -144,16 +149,17 @@ def render(results: dict) -> str:
         f"Per family, the arm with the lowest copy rate on memorized conditions among arms whose "
         f"alignment is ≥ {100 * (ref['alignment'] - ref['tolerance']):.1f}% "
         f"(within {100 * ref['tolerance']:.0f} points), paired against CFG's arm at that alignment.", "",
-        "| family | arm | copy, memorized | class acc. | FD | Δcopy vs CFG (pts) | Δacc. vs CFG (pts) |",
-        "|---|---|---|---|---|---|---|"]
+        "| family | arm | copy, memorized | class acc. | FD | Δcopy vs CFG (pts) | Δacc. vs CFG (pts) "
+        "| samples/s |",
+        "|---|---|---|---|---|---|---|---|"]
     for row in fr["headline"]:
       if row["arm"] is None:
-        lines.append(f"| {row['family']} | no arm within {100 * ref['tolerance']:.0f} points | — | — | — | — | — |")
+        lines.append(f"| {row['family']} | no arm within {100 * ref['tolerance']:.0f} points | — | — | — | — | — | — |")
         continue
       vs = row.get("vs_cfg", {})
       lines.append(f"| {row['family']} | `{row['arm']}` | {pct_ci(row['copy'])} | "
                    f"{pct_ci(row['alignment'])} | {fd_cell(row['fd'])} | {diff_cell(vs.get('copy'))} | "
-                   f"{diff_cell(vs.get('alignment'))} |")
+                   f"{diff_cell(vs.get('alignment'))} | {speed_cell(seeds, row['arm'])} |")
     lines += ["", "![frontier](frontier.png)", ""]
   base = s["baseline"]
   lines += [
@@ -166,13 +172,12 @@ def render(results: dict) -> str:
     r = s["arms"][label]
     tr = first["arms"][label]["transition"]
     trs = "—" if tr["t_mean"] is None else f"{tr['t_mean']:.0f} ± {tr['t_std']:.0f} ({100 * tr['fired']:.0f}%)"
-    speed = sum(x["arms"][label]["samples_per_s"] for x in seeds) / len(seeds)
     vs = r["vs_baseline"]
     lines.append(
         f"| `{label}` | {r['family']} | {pct_ci(r['copy_memorized'])} | {seed_cell(r['copy_memorized'])} | "
         f"{pct_ci(r['copy_other'])} | {pct_ci(r['copy_target'])} | {pct_ci(r['alignment'])} | "
         f"{fd_cell(r['fd'])} | {diff_cell(vs['copy']) if label != base else 'baseline'} | "
-        f"{diff_cell(vs['alignment']) if label != base else 'baseline'} | {trs} | {speed:.1f} |")
+        f"{diff_cell(vs['alignment']) if label != base else 'baseline'} | {trs} | {speed_cell(seeds, label)} |")
   if len(seeds) > 1:
     lines += ["", "## Per seed: copy on memorized conditions / class accuracy", "",
               "| arm | " + " | ".join(f"seed {x['seed']}" for x in seeds) + " |",
