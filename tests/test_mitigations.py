@@ -199,6 +199,23 @@ def test_specs_parse_into_mitigation_arms_with_their_families():
   assert "wen" not in guidance.STRATEGY_NAMES and guidance.MITIGATION_NAMES == ("wen", "amg", "cads")
 
 
+def test_mitigation_parameters_sweep_one_arm_per_value_and_list_their_defaults():
+  # what sample.py --help prints per strategy: every parameter with its default
+  assert guidance.strategy_params("wen") == dict(w=7.5, target=0.07, steps=10, lr=0.1)
+  assert guidance.strategy_params("amg") == dict(w=7.5, threshold=0.5, c_spe=20.0, w_min=1.0,
+                                                 c_sim=10.0, through_model=0)
+  assert guidance.strategy_params("cads") == dict(w=7.5, tau1=0.6, tau2=0.9, s=0.25, psi=1.0,
+                                                  rescale=1)
+  labels = [g.label for g in specs.parse_guidance(
+      "wen:target=0.5,1,2,amg:threshold=0.3,0.5:c_sim=0,10,cads:s=0:0.5:0.25", T=1000)]
+  assert labels == ["wen:target=0.5", "wen:target=1", "wen:target=2",
+                    "amg:threshold=0.3:c_sim=0", "amg:threshold=0.3:c_sim=10",
+                    "amg:threshold=0.5:c_sim=0", "amg:threshold=0.5:c_sim=10",
+                    "cads:s=0", "cads:s=0.25", "cads:s=0.5"]  # 3 + 2×2 + 3 arms, first varies slowest
+  swept = specs.parse_guidance("wen:target=0.5,1,2", T=1000)
+  assert [g.strategy.target for g in swept] == [0.5, 1.0, 2.0]
+
+
 @pytest.mark.parametrize("spec, match", [
     ("wen:target=0", "target"), ("wen:steps=1.5", "steps"), ("cads:tau1=0.9:tau2=0.6", "tau1"),
     ("cads:psi=2", "psi"), ("amg:threshold=1", "threshold"), ("amg:w=2:w_min=3", "w_min"),
