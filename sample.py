@@ -37,6 +37,10 @@ STRATEGY_HELP = {
     "interval": "w inside sigma_t in (sigma_lo, sigma_hi], 1 outside (Kynkaanniemi et al.)",
     "linear": "w rises linearly from w_min (t = T-1) to w_max (t = 0) (Wang et al.)",
     "cosine": "w rises on a cosine from w_min to w_max (Wang et al.)",
+    "wen": "optimise the condition embedding until the first-step d_t < target, then CFG (Wen et al.)",
+    "amg": "where x0-hat's similarity to its nearest training image > threshold: lower w, push away "
+           "(Chen et al.)",
+    "cads": "condition noised early, annealed out between tau1 and tau2, then CFG (Sadat et al.)",
 }
 
 
@@ -45,7 +49,7 @@ def strategies_help() -> str:
   from minidiff.core import guidance, specs  # noqa: PLC0415 (JAX: only when help is asked for)
 
   lines = ["", "Guidance strategies (name[:param=value...]; defaults shown):"]
-  for name in guidance.STRATEGY_NAMES:
+  for name in guidance.STRATEGY_NAMES + guidance.MITIGATION_NAMES:  # the peers' mitigations last
     params = " ".join(f"{k}={v}" for k, v in guidance.strategy_params(name).items()) or "-"
     lines.append(f"  {name:<17} {params}")
     lines.append(f"  {'':<17} {STRATEGY_HELP.get(name, '')}")

@@ -47,6 +47,7 @@ def test_sample_help_lists_the_strategies_with_their_parameters_and_defaults():
   assert "Traceback" not in out, out[-2000:]
   assert "opposite          s=2.0 tau=650 w_post=7.5" in out
   assert "random_tokens     k=4" in out
+  assert "wen               w=7.5 target=0.07 steps=10 lr=0.1" in out
   assert "--step" in out
 
 
