@@ -5,6 +5,7 @@ and `torch.compile`.
   python benchmarks/bench.py             # this CPU: JAX, PyTorch eager and torch.compile, ~15 min
   python benchmarks/bench.py --variants  # also the XLA:CPU variants (plain XLA, 2 devices, …)
   python benchmarks/bench.py --gpu       # a GPU: bf16 at CIFAR-10 scale
+  python benchmarks/bench.py --fused     # also JAX with model.fused_layers=True, beside the plain JAX
 
 Each setting runs in one fresh subprocess (XLA flags and allocator settings are fixed at process
 start) that builds the JAX step, the PyTorch eager model and its `torch.compile`d copy side by side
@@ -16,10 +17,17 @@ unpartitioned step, ~3× the forward) against the measured matmul peak; DDIM-50 
 and the JAX sampler's overhead (one jitted scan against 50 forward passes at the doubled batch).
 The PyTorch model is benchmarks/torch_unet.py; its parameter count is checked against JAX's for
 both PyTorch columns. Prints a Markdown table and writes it, with the raw numbers, to --out.
+
+`--fused` adds a fourth engine to every setting's process: the same JAX step with
+`model.fused_layers=True` (minidiff/nn/unet.py: layers.GroupNorm and layers.self_attention), timed
+in the same interleaved rounds, and one more row per setting whose notes give fused / plain JAX
+(the median of the per-round ratios). Without torch installed the PyTorch columns say "not
+installed" and JAX is timed alone.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -29,12 +37,14 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# (name, model overrides, batch): the default config, a 28×28 reference (docs/performance.md), and
-# GPU scale.
+# (name, model overrides, batch): the default config, a 28×28 reference (docs/performance.md), GPU
+# scale, and the tests' tiny model (a smoke check of this script: `--settings tiny --sample_setting
+# tiny`; its numbers mean nothing).
 SETTINGS = {
     "default": ("configs/mnist_dup.py", {}, 32),
     "mnist28": ("configs/mnist_dup.py", dict(resolution=28, attention_resolutions=(7,)), 64),
     "cifar": ("configs/cifar10_dup.py", {}, 512),
+    "tiny": ("configs/tiny.py", {}, 8),
 }
 # XLA:CPU variants: what each sets before JAX starts (see minidiff/runtime.py).
 CPU_VARIANTS = {
@@ -46,9 +56,12 @@ CPU_VARIANTS = {
     "minidiff default": {},  # runtime.configure_cpu(): whatever it chooses on this machine
 }
 ENGINES = ("jax", "eager", "compile")  # JAX, PyTorch eager, torch.compile (inductor)
+FUSED = "jax_fused"  # JAX with model.fused_layers=True (--fused)
+JAX_ENGINES = ("jax", FUSED)
+TORCH_ENGINES = ("eager", "compile")
 
 
-def _config(setting: str, dtype: str = "float32"):
+def _config(setting: str, dtype: str = "float32", *, fused: bool = False):
   import importlib.util
   path, model_kw, batch = SETTINGS[setting]
   spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, path))
@@ -62,6 +75,7 @@ def _config(setting: str, dtype: str = "float32"):
       setattr(c.model, k, v)
   c.train.batch_size = batch
   c.model.compute_dtype = dtype
+  c.model.fused_layers = fused
   return c
 
 
@@ -109,8 +123,11 @@ def jax_matmul(args) -> dict:
   return dict(out, gflops=2 * n**3 / dt / 1e9, n=n)
 
 
-def jax_train(args, flops_only: bool = False):
-  """(step() → None, info): one blocking minidiff training step of the setting, compiled."""
+def jax_train(args, flops_only: bool = False, *, fused: bool = False):
+  """(step() → None, info): one blocking minidiff training step of the setting, compiled.
+
+  `fused`: the UNet with model.fused_layers=True.
+  """
   info = _jax_setup()
   import jax
   import numpy as np
@@ -118,7 +135,7 @@ def jax_train(args, flops_only: bool = False):
   from minidiff.train import sharding, trainer
   from minidiff.train import state as train_state
 
-  c = _config(args.setting, args.dtype)
+  c = _config(args.setting, args.dtype, fused=fused)
   mesh = sharding.data_mesh()
   graphdef, state, tx = train_state.init_state(c)
   b, r, ch = c.train.batch_size, c.data.resolution, c.data.channels
@@ -152,8 +169,11 @@ def jax_train(args, flops_only: bool = False):
   return step, info
 
 
-def jax_sample(args):
-  """(sample() → None, info): DDIM-50 + CFG (conditional and null halves batched, 2B per step)."""
+def jax_sample(args, *, fused: bool = False):
+  """(sample() → None, info): DDIM-50 + CFG (conditional and null halves batched, 2B per step).
+
+  `fused`: the UNet with model.fused_layers=True.
+  """
   info = _jax_setup()
   import jax
   import numpy as np
@@ -166,7 +186,7 @@ def jax_sample(args):
   from minidiff.train import precision, sharding
   from minidiff.train import state as train_state
 
-  c = _config(args.setting, args.dtype)
+  c = _config(args.setting, args.dtype, fused=fused)
   mesh = sharding.data_mesh()
   graphdef, state, _ = train_state.init_state(c)
   b, r, ch = args.sample_batch, c.data.resolution, c.data.channels
@@ -281,42 +301,58 @@ def torch_sample(args, compiled: bool):
 # ---- one setting, every engine, interleaved ---------------------------------------------------------
 
 def pair_worker(args) -> dict:
-  """Runs in the subprocess: builds each engine of `--engines`, then times them interleaved."""
+  """Runs in the subprocess: builds each engine of `--engines`, then times them interleaved.
+
+  An engine's `jax_ratio` is JAX's speed over its own (the median of the per-round ratios), its
+  `fused_ratio` the same for the fused JAX; the fused JAX's `speedup` is its speed over the plain
+  JAX's. A PyTorch engine without torch installed is left out: {"not_installed": "torch"}.
+  """
   engines = args.engines.split(",")
   build = {"train": dict(jax=lambda: jax_train(args), eager=lambda: torch_train(args, False),
-                         compile=lambda: torch_train(args, True)),
+                         compile=lambda: torch_train(args, True),
+                         jax_fused=lambda: jax_train(args, fused=True)),
            "sample": dict(jax=lambda: jax_sample(args), eager=lambda: torch_sample(args, False),
-                          compile=lambda: torch_sample(args, True))}[args.task]
+                          compile=lambda: torch_sample(args, True),
+                          jax_fused=lambda: jax_sample(args, fused=True))}[args.task]
   fns, out = {}, {}
-  for e in engines:  # JAX first: it must configure the CPU before anything imports jax
+  torch_missing = importlib.util.find_spec("torch") is None
+  for e in sorted(engines, key=lambda e: e not in JAX_ENGINES):  # JAX first: it configures the CPU
+    if e in TORCH_ENGINES and torch_missing:
+      out[e] = {"not_installed": "torch"}
+      continue
     fns[e], out[e] = build[e]()
-  forward = out.get("jax", {}).pop("forward", None)
-  params = {e: out[e]["params"] for e in engines}
+  timed = [e for e in engines if e in fns]
+  forwards = {e: out[e].pop("forward") for e in timed if "forward" in out[e]}
+  params = {e: out[e]["params"] for e in timed}
   if len(set(params.values())) != 1:
     raise AssertionError(f"parameter counts differ: {params}")
-  per_round = {e: [] for e in engines}
-  t_fwd = []
+  per_round = {e: [] for e in timed}
+  t_fwd = {e: [] for e in forwards}
   for r in range(args.rounds):
-    order = engines[r % len(engines):] + engines[:r % len(engines)]
+    order = timed[r % len(timed):] + timed[:r % len(timed)]
     for e in order:
       per_round[e].append(_median_of(fns[e], args.steps))
-    if forward is not None:
-      t_fwd.append(_median_of(forward, 5))
-  for e in engines:
+    for e, forward in forwards.items():
+      t_fwd[e].append(_median_of(forward, 5))
+  ratio = lambda num, den: _median([a / b for a, b in zip(per_round[num], per_round[den])])  # noqa: E731
+  for e in timed:
     t = _median(per_round[e])
     out[e].update(seconds=t, per_round=per_round[e], images_per_s=out[e]["batch"] / t)
-    if e != "jax" and "jax" in engines:
-      ratios = [tt / tj for tj, tt in zip(per_round["jax"], per_round[e])]  # JAX speed / engine speed
-      out[e]["jax_ratio"] = _median(ratios)
-  if "jax" in engines:
-    j = out["jax"]
+    if e in TORCH_ENGINES:  # engine time / JAX time = JAX speed / engine speed
+      out[e].update({k: ratio(e, j) for k, j in (("jax_ratio", "jax"), ("fused_ratio", FUSED))
+                     if j in per_round})
+  if FUSED in per_round and "jax" in per_round:
+    out[FUSED]["speedup"] = ratio("jax", FUSED)  # plain time / fused time = fused speed / plain speed
+  for e in JAX_ENGINES:
+    if e not in per_round:
+      continue
+    j = out[e]
     if "gflop_per_step" in j:
       j["gflops"] = j["gflop_per_step"] / j["seconds"]
-    if t_fwd:
-      j["forward_s"] = _median(t_fwd)
+    if t_fwd.get(e):
+      j["forward_s"] = _median(t_fwd[e])
       j["overhead"] = j["seconds"] / (50 * j["forward_s"])
-      ratios = [ts / (50 * tf) for ts, tf in zip(per_round["jax"], t_fwd)]
-      j["overhead_per_round"] = ratios
+      j["overhead_per_round"] = [ts / (50 * tf) for ts, tf in zip(per_round[e], t_fwd[e])]
   return out
 
 
@@ -348,15 +384,19 @@ def main() -> None:
   p.add_argument("--task", default="train", choices=("train", "sample"))
   p.add_argument("--setting", default="default", choices=tuple(SETTINGS))
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  p.add_argument("--engines", default=",".join(ENGINES), help="of jax,eager,compile")
+  p.add_argument("--engines", default=",".join(ENGINES), help="of jax,eager,compile,jax_fused")
   p.add_argument("--steps", type=int, default=5, help="timed training steps per engine and round")
   p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (training)")
   p.add_argument("--sample_rounds", type=int, default=2, help="interleaved rounds of one DDIM-50 call")
   p.add_argument("--sample_batch", type=int, default=64)
   p.add_argument("--settings", default="default,mnist28", help="CPU training settings")
+  p.add_argument("--sample_setting", default="default", choices=tuple(SETTINGS),
+                 help="CPU sampling setting")
   p.add_argument("--variants", action="store_true", help="CPU: also the XLA:CPU variants (JAX vs eager)")
   p.add_argument("--flops", type=float, default=float("nan"), help="GFLOP/step when XLA cannot count")
   p.add_argument("--gpu", action="store_true")
+  p.add_argument("--fused", action="store_true",
+                 help="also time JAX with model.fused_layers=True beside the plain JAX (one more row each)")
   p.add_argument("--gpu_runs", default="cifar:bfloat16", type=lambda v: [tuple(x.split(":")) for x in v.split(",")],
                  help="setting:dtype pairs trained on the GPU, e.g. cifar:bfloat16,default:float32")
   p.add_argument("--out", default=None, help="JSON + Markdown output (default benchmarks/results/results_<dev>.*)")
@@ -377,26 +417,39 @@ def main() -> None:
 
 
 def _cell(r: dict | None) -> str:
+  if r and "not_installed" in r:
+    return "not installed"
   return f"{r['images_per_s']:.1f} img/s" if r else "—"
 
 
-def _ratio(r: dict | None) -> str:
-  return f"{1 / r['jax_ratio']:.2f}×" if r else "—"
+def _ratio(r: dict | None, key: str = "jax_ratio") -> str:
+  """JAX speed / the engine's speed (`jax_ratio`: plain JAX, `fused_ratio`: fused JAX)."""
+  if r and "not_installed" in r:
+    return "not installed"
+  return f"{r[key]:.2f}×" if r and key in r else "—"
 
 
-def _train_row(label: str, setting: str, res: dict, peak: float) -> str:
-  j = res["jax"]
+def _engines(args) -> str:
+  return ",".join(ENGINES + ((FUSED,) if args.fused else ()))
+
+
+def _train_row(label: str, setting: str, res: dict, peak: float, *, fused: bool = False) -> str:
+  j, key = (res[FUSED], "fused_ratio") if fused else (res["jax"], "jax_ratio")
+  note = (f"fused / plain JAX {j['speedup']:.3f}× (median of per-round ratios); " if "speedup" in j
+          else "")
   return (f"| training, {label} | {setting} | {_cell(j)} | {_cell(res.get('eager'))} | "
-          f"{_cell(res.get('compile'))} | {_ratio(res.get('eager'))} | {_ratio(res.get('compile'))} | "
-          f"{j['gflops']:.0f} GFLOP/s = {j['gflops'] / peak:.0%} of the matmul peak; {j['params']:,} params "
+          f"{_cell(res.get('compile'))} | {_ratio(res.get('eager'), key)} | {_ratio(res.get('compile'), key)} | "
+          f"{note}{j['gflops']:.0f} GFLOP/s = {j['gflops'] / peak:.0%} of the matmul peak; {j['params']:,} params "
           f"(checked); {j['devices']} device(s) |")
 
 
-def _sample_row(label: str, setting: str, res: dict) -> str:
-  j = res["jax"]
+def _sample_row(label: str, setting: str, res: dict, *, fused: bool = False) -> str:
+  j, key = (res[FUSED], "fused_ratio") if fused else (res["jax"], "jax_ratio")
+  note = (f"fused / plain JAX {j['speedup']:.3f}× (median of per-round ratios); " if "speedup" in j
+          else "")
   return (f"| DDIM-50 + CFG, batch {j['batch']}{label} | {setting} | {_cell(j)} | {_cell(res.get('eager'))} | "
-          f"{_cell(res.get('compile'))} | {_ratio(res.get('eager'))} | {_ratio(res.get('compile'))} | "
-          f"scan / (50 × forward at 2×{j['batch']}) = {j['overhead']:.3f} (target ≤ 1.10) |")
+          f"{_cell(res.get('compile'))} | {_ratio(res.get('eager'), key)} | {_ratio(res.get('compile'), key)} | "
+          f"{note}scan / (50 × forward at 2×{j['batch']}) = {j['overhead']:.3f} (target ≤ 1.10) |")
 
 
 def cpu_table(args):
@@ -406,19 +459,24 @@ def cpu_table(args):
   rows.append(f"| float32 matmul 2048² (peak) | — | {peak:.0f} GFLOP/s | — | — | — | — | jnp, best median of 10 |")
   common = dict(steps=args.steps, rounds=args.rounds)
   for setting in args.settings.split(","):
-    res = _spawn("pair", {}, task="train", setting=setting, **common)
+    res = _spawn("pair", {}, task="train", setting=setting, engines=_engines(args), **common)
     raw[f"train/{setting}/minidiff default"] = res
     rows.append(_train_row("**minidiff default**", setting, res, peak))
+    if args.fused:
+      rows.append(_train_row("minidiff default, fused_layers=True", setting, res, peak, fused=True))
     if args.variants:
       for name, env in CPU_VARIANTS.items():
         if name != "minidiff default":
           res = _spawn("pair", env, task="train", setting=setting, engines="jax,eager", **common)
           raw[f"train/{setting}/{name}"] = res
           rows.append(_train_row(name, setting, res, peak))
-  res = _spawn("pair", {}, task="sample", setting="default", sample_batch=args.sample_batch, steps=1,
-               rounds=args.sample_rounds)
-  raw["sample/default"] = res
-  rows.append(_sample_row("", "default", res))
+  setting = args.sample_setting
+  res = _spawn("pair", {}, task="sample", setting=setting, sample_batch=args.sample_batch, steps=1,
+               rounds=args.sample_rounds, engines=_engines(args))
+  raw[f"sample/{setting}"] = res
+  rows.append(_sample_row("", setting, res))
+  if args.fused:
+    rows.append(_sample_row(", fused_layers=True", setting, res, fused=True))
   return rows, raw
 
 
@@ -434,13 +492,17 @@ def gpu_table(args):
     peak = raw[f"matmul/{dtype}"]["gflops"]
     flops = _spawn("flops", dict(JAX_PLATFORMS="cpu"), setting=setting, dtype=dtype)
     res = _spawn("pair", {}, task="train", setting=setting, dtype=dtype, steps=args.steps,
-                 rounds=args.rounds, flops=flops["gflop_per_step"], gpu=True)
+                 rounds=args.rounds, flops=flops["gflop_per_step"], gpu=True, engines=_engines(args))
     raw[f"train/{setting}/{dtype}"] = res
     rows.append(_train_row(dtype, setting, res, peak))
+    if args.fused:  # FLOPs of the plain step's CPU lowering (XLA:GPU counts none)
+      rows.append(_train_row(f"{dtype}, fused_layers=True", setting, res, peak, fused=True))
   res = _spawn("pair", {}, task="sample", setting="cifar", dtype="bfloat16", sample_batch=256, steps=1,
-               rounds=args.sample_rounds, gpu=True)
+               rounds=args.sample_rounds, gpu=True, engines=_engines(args))
   raw["sample/bfloat16"] = res
   rows.append(_sample_row(", bf16", "cifar", res))
+  if args.fused:
+    rows.append(_sample_row(", bf16, fused_layers=True", "cifar", res, fused=True))
   return rows, raw
 
 

@@ -8,9 +8,9 @@ Part "ablations" times the jitted train step of the UNet, then the same step wit
 replaced by the identity (GroupNorm, attention) or swapped for the slower form (upsampling through
 `jax.image.resize`): the difference is that layer's share. Part "candidates" times the step with
 each faster formulation of minidiff.nn.layers swapped in alone (`layers.GroupNorm`,
-`layers.self_attention`), then both. Every variant is compiled first and the variants are then
-timed interleaved, `--rounds` rounds of `--steps` steps each (medians), so a shared machine slows
-them alike. Part "convolutions" times every 3×3 convolution shape of the 16×16 and 28×28 UNets
+`layers.self_attention`), then both, as `model.fused_layers=True` builds them. Every variant
+is compiled first and the variants are then timed interleaved, `--rounds` rounds of `--steps`
+steps each (medians), so a shared machine slows them alike. Part "convolutions" times every 3×3 convolution shape of the 16×16 and 28×28 UNets
 alone, forward and forward+backward, in JAX and in PyTorch eager. Each part prints a Markdown table
 (docs/performance.md quotes them).
 """
@@ -38,9 +38,12 @@ from minidiff.train import trainer  # noqa: E402
 from minidiff.train import state as train_state  # noqa: E402
 
 
-def make_step(setting: str):
-  """A blocking call of the compiled training step of `setting` (compiled now, warmed up)."""
-  c = _config(setting)
+def make_step(setting: str, *, fused: bool = False):
+  """A blocking call of the compiled training step of `setting` (compiled now, warmed up).
+
+  `fused`: the UNet with model.fused_layers=True.
+  """
+  c = _config(setting, fused=fused)
   graphdef, state, tx = train_state.init_state(c)
   b, r, ch = c.train.batch_size, c.data.resolution, c.data.channels
   rng = np.random.default_rng(0)
@@ -66,7 +69,9 @@ def _einsum_attention(self, x, context=None):
   return x + self.out(layers.self_attention(q, k, v, self.num_heads).reshape(b, hgt, wid, c))
 
 
-# name: [(owner, attribute, replacement)], applied while the step is built and compiled.
+# name: [(owner, attribute, replacement)], applied while the step is built and compiled; FUSED
+# instead builds the step with model.fused_layers=True.
+FUSED = "fused_layers"
 ABLATIONS = {
     "GroupNorm → identity": [(nnx.GroupNorm, "__call__", lambda self, x, *a, **k: x)],
     "attention → identity": [(unet.AttentionBlock, "__call__", lambda self, x, context=None: x)],
@@ -78,11 +83,12 @@ CANDIDATES = {  # the faster formulations of minidiff.nn.layers, each alone, the
     "fused GroupNorm (layers.GroupNorm)": [(unet.nnx, "GroupNorm", layers.GroupNorm)],
     "attention as two einsums (layers.self_attention)": [(unet.AttentionBlock, "__call__", _einsum_attention)],
 }
-CANDIDATES["both"] = CANDIDATES["fused GroupNorm (layers.GroupNorm)"] + CANDIDATES[
-    "attention as two einsums (layers.self_attention)"]
+CANDIDATES["both: model.fused_layers=True"] = FUSED
 
 
 def _built_with(setting: str, patches):
+  if patches == FUSED:
+    return make_step(setting, fused=True)
   saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
   for owner, attr, fn in patches:
     setattr(owner, attr, fn)

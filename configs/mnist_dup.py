@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.num_groups = 8
   c.model.num_heads = 1
   c.model.compute_dtype = "float32"  # "bfloat16" on GPU/TPU: bf16 compute, float32 master weights
+  c.model.fused_layers = False  # True: fused GroupNorm + einsum attention (faster on CPU; not bitwise)
 
   c.parallel = ml_collections.ConfigDict()  # data parallelism (minidiff/train/sharding.py)
   c.parallel.num_devices = 0  # 0: a ("data",) mesh over every device; the batch must divide over it

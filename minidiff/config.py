@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.max_to_keep",
                     "data.data_dir", "sample", "study", "parallel", "monitor")
 # Fields added after runs were saved: a saved config without them had these values.
-ADDED_FIELD_DEFAULTS = {"model.compute_dtype": "float32", "data.n_unique_per_duplicated_class": 0,
+ADDED_FIELD_DEFAULTS = {"model.compute_dtype": "float32", "model.fused_layers": False,
+                        "data.n_unique_per_duplicated_class": 0,
                         "data.data_dir": "",
                         "monitor.every": 0, "monitor.num_samples": 64, "monitor.num_steps": 20,
                         "monitor.w": 1.0, "monitor.stop_copy_rate": 1.0,
@@ -105,6 +106,7 @@ class ModelSection:
   text_layers: int = _field(int, default=_UNET["text_layers"])
   text_heads: int = _field(int, default=_UNET["text_heads"])
   cross_attention_resolutions: tuple = _field(tuple, default=_UNET["cross_attention_resolutions"])
+  fused_layers: bool = _field(bool, default=_UNET["fused_layers"])  # UNetConfig.fused_layers
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -293,7 +295,7 @@ def unet_config(config: ml_collections.ConfigDict | Config) -> UNetConfig:
       base_channels=m.base_channels, channel_mults=m.channel_mults,
       num_res_blocks=m.num_res_blocks, attention_resolutions=m.attention_resolutions,
       dropout=m.dropout, num_groups=m.num_groups, num_heads=m.num_heads,
-      num_classes=data_lib.NUM_CLASSES.get(c.data.name, 10))
+      fused_layers=m.fused_layers, num_classes=data_lib.NUM_CLASSES.get(c.data.name, 10))
 
 
 def duplication_spec(config: ml_collections.ConfigDict | Config) -> DuplicationSpec:

@@ -106,6 +106,7 @@ _DELETE = object()
     ("train.lr", float("inf"), "config.train.lr=inf must be a finite number"),
     ("train.p_uncond", float("nan"), "config.train.p_uncond=nan must be a finite number"),
     ("sample.clip_x0", 1, "config.sample.clip_x0=1 must be True or False"),
+    ("model.fused_layers", 1, "config.model.fused_layers=1 must be True or False"),
     ("model.channel_mults", (1, 2.5), "config.model.channel_mults=.* must be a tuple of integers"),
     ("data.name", 3, "config.data.name=3 must be a string"),
     ("train.lr", _DELETE, "config.train.lr is missing; add it"),
@@ -174,6 +175,22 @@ def test_workdir_config_guard(tiny_config, tmp_path):
   assert json.load(open(os.path.join(workdir, "config.json")))["model"]["base_channels"] == 8
   back = config_lib.load_workdir_config(workdir)
   assert back.train.steps == 99 and tuple(back.model.channel_mults) == (1, 2)
+
+
+def test_a_saved_config_without_fused_layers_is_the_plain_layers(tiny_config, tmp_path):
+  workdir = str(tmp_path)
+  config_lib.check_or_write_workdir_config(tiny_config, workdir)
+  path = os.path.join(workdir, "config.json")
+  saved = json.load(open(path))
+  assert saved["model"]["fused_layers"] is False  # every shipped config: the plain layers
+  del saved["model"]["fused_layers"]  # a run saved before the field existed …
+  json.dump(saved, open(path, "w"))
+  os.makedirs(os.path.join(workdir, "checkpoints", "3"))
+  assert config_lib.unet_config(config_lib.load_workdir_config(workdir)).fused_layers is False
+  config_lib.check_or_write_workdir_config(tiny_config, workdir)  # … resumes with the default
+  tiny_config.model.fused_layers = True  # but not with the fused layers: not bitwise the same run
+  with pytest.raises(ValueError, match=r"model.fused_layers: saved False → given True"):
+    config_lib.check_or_write_workdir_config(tiny_config, workdir)
 
 
 def test_missing_workdir_config(tmp_path):

@@ -1,8 +1,9 @@
 """The faster layer formulations of minidiff.nn.layers equal the plain ones, forward and gradient.
 
 `group_norm` / `GroupNorm` against flax's `nnx.GroupNorm`, `self_attention` against
-`jax.nn.dot_product_attention`; and a whole tiny UNet with every GroupNorm swapped for
-`layers.GroupNorm` against the UNet as built.
+`jax.nn.dot_product_attention`; and a whole tiny UNet built with `fused_layers=True` (both swapped
+in) against the plain one: the same parameter tree, forward and gradient within ATOL, and a
+checkpoint of the plain model restoring into the fused one.
 """
 import jax
 import jax.numpy as jnp
@@ -63,35 +64,69 @@ def test_group_norm_module_is_a_drop_in():
     layers.GroupNorm(16, 3, rngs=a)
 
 
-def test_unet_with_fused_group_norm_equals_the_unet(tiny_config, monkeypatch):
+def _tiny_unet_configs(tiny_config):
+  """(config, plain UNetConfig, fused UNetConfig) of the tiny config cut to one level (a fast compile;
+  the middle block keeps its self-attention)."""
+  import dataclasses
+
   from minidiff import config as config_lib
-  from minidiff.nn import unet
-  tiny_config.model.channel_mults, tiny_config.model.attention_resolutions = (1,), ()  # fast compile
+  tiny_config.model.channel_mults, tiny_config.model.attention_resolutions = (1,), ()
   cfg = config_lib.unet_config(tiny_config)
-  flax_group_norm = nnx.GroupNorm
-  model = unet.UNet(cfg, rngs=nnx.Rngs(0))
-  monkeypatch.setattr(unet.nnx, "GroupNorm", layers.GroupNorm)  # only while this UNet is built
-  fused = unet.UNet(cfg, rngs=nnx.Rngs(0))
-  monkeypatch.undo()
+  assert not cfg.fused_layers  # the default: the committed results are the plain layers'
+  return tiny_config, cfg, dataclasses.replace(cfg, fused_layers=True)
+
+
+def test_fused_unet_equals_the_plain_unet_forward_and_gradient(tiny_config):
+  from minidiff.nn import unet
+  _, cfg, cfg_fused = _tiny_unet_configs(tiny_config)
+  model, fused = unet.UNet(cfg, rngs=nnx.Rngs(0)), unet.UNet(cfg_fused, rngs=nnx.Rngs(0))
   kinds = lambda m: [type(x) for _, x in nnx.iter_graph(m)]  # noqa: E731
-  assert kinds(model).count(flax_group_norm) >= 10 and flax_group_norm not in kinds(fused)
-  assert kinds(fused).count(layers.GroupNorm) == kinds(model).count(flax_group_norm)
-  graphdef, params = nnx.split(model)
-  graphdef_fused, params_fused = nnx.split(fused)
-  for a, b in zip(jax.tree.leaves(params_fused), jax.tree.leaves(params)):  # initialised alike
+  assert kinds(model).count(nnx.GroupNorm) >= 10 and nnx.GroupNorm not in kinds(fused)
+  assert kinds(fused).count(layers.GroupNorm) == kinds(model).count(nnx.GroupNorm)
+  assert [m.fused for net in (model, fused) for _, m in nnx.iter_graph(net)
+          if isinstance(m, unet.AttentionBlock)] == [False, True]  # the middle block's
+  graphdef, params = nnx.split(model, nnx.Param)
+  graphdef_fused, params_fused = nnx.split(fused, nnx.Param)
+  # the same parameter tree (names, shapes), initialised alike: a checkpoint loads into either
+  assert jax.tree_util.tree_structure(params_fused) == jax.tree_util.tree_structure(params)
+  for a, b in zip(jax.tree.leaves(params_fused), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
   # non-trivial parameters (GroupNorm starts at 1 and 0, some convolutions at zero)
   rng = np.random.default_rng(0)  # host draws: one jax.random call per leaf shape would compile each
   params = jax.tree.map(lambda p: p + np.float32(0.1) * rng.standard_normal(p.shape, np.float32), params)
   x, t, y = _rand(0, (4, 8, 8, 1)), jnp.asarray([1, 50, 99, 7]), jnp.asarray([0, 3, 10, 2])
-  loss = lambda g, p: jnp.mean(nnx.merge(g, p)(x, t, y) ** 2)  # noqa: E731
   apply = jax.jit(lambda g, p: nnx.merge(g, p)(x, t, y), static_argnums=0)
-  np.testing.assert_allclose(apply(graphdef_fused, params), apply(graphdef, params), atol=ATOL)
+  loss = lambda g, p: jnp.mean(apply(g, p) ** 2)  # noqa: E731
+  out, out_fused = apply(graphdef, params), apply(graphdef_fused, params)
+  assert float(jnp.abs(out).max()) > 0.1  # a non-trivial output to compare
+  np.testing.assert_allclose(out_fused, out, atol=ATOL)
   g_ref = jax.jit(jax.grad(lambda p: loss(graphdef, p)))(params)
   g_new = jax.jit(jax.grad(lambda p: loss(graphdef_fused, p)))(params)
   assert jax.tree.structure(g_new) == jax.tree.structure(g_ref)
   for a, b in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, atol=ATOL * max(1.0, float(jnp.abs(b).max())))
+
+
+def test_a_plain_checkpoint_restores_into_the_fused_model(tiny_config, tmp_path):
+  import dataclasses
+
+  from minidiff import config as config_lib
+  from minidiff.train import state as train_state
+  from minidiff.train.checkpoint import Checkpointer
+  config, _, _ = _tiny_unet_configs(tiny_config)
+  _, saved, _ = train_state.init_state(config)
+  saved = dataclasses.replace(saved, step=3)
+  config.model.fused_layers = True
+  assert config_lib.unet_config(config).fused_layers
+  _, template, _ = train_state.init_state(config)
+  ckpt = Checkpointer(str(tmp_path))
+  ckpt.save(3, saved.as_dict())
+  restored = train_state.restore_state(ckpt, template)
+  ckpt.close()
+  assert restored.step == 3
+  assert jax.tree.structure(restored.as_dict()) == jax.tree.structure(saved.as_dict())
+  for a, b in zip(jax.tree.leaves(restored.as_dict()), jax.tree.leaves(saved.as_dict())):
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("heads", [1, 2])

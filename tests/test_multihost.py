@@ -13,10 +13,9 @@ same rows on each, so the two runs may differ only in how the two partial sums m
     `sampling.run_strategy` on the two-process mesh, gathered with `process_allgather`) equals the
     same samples drawn here on one device within SAMPLE_ATOL.
 
-Every process of a multi-host run writes workdir/config.json, manifest.json and metrics.jsonl, so
-two processes on one machine would race on those files: each process gets its own workdir here,
-and their `checkpoints/` folders are links to one shared folder (what a shared filesystem gives a
-cluster's hosts).
+The two processes share one workdir (what a shared filesystem gives a cluster's hosts): process 0
+alone writes config.json, manifest.json and metrics.jsonl, so the log holds each logged step once,
+and a workdir that process 0 refuses stops both processes.
 """
 import json
 import os
@@ -70,8 +69,12 @@ def _env(num_devices: int) -> dict:
   return env
 
 
-def _run_all(cmds: list[tuple[list[str], dict]], logdir: str) -> None:
-  """Starts every command at once and waits; on a failure or time-out kills the rest and fails."""
+def _run_all(cmds: list[tuple[list[str], dict]], logdir: str, *, check: bool = True) -> list[tuple[int, str]]:
+  """Starts every command at once and waits; returns each one's (exit status, log).
+
+  `check`: on a failure or time-out, kill the rest and fail the test. Otherwise every process is
+  waited for (a time-out still fails the test).
+  """
   procs = []
   for i, (cmd, env) in enumerate(cmds):
     log = open(os.path.join(logdir, f"proc{i}.log"), "w")
@@ -80,33 +83,23 @@ def _run_all(cmds: list[tuple[list[str], dict]], logdir: str) -> None:
   try:
     while any(p.poll() is None for p, _ in procs):
       failed = [i for i, (p, _) in enumerate(procs) if p.returncode not in (None, 0)]
-      if failed or time.monotonic() > deadline:
+      if (check and failed) or time.monotonic() > deadline:
         break
       time.sleep(0.1)
   finally:
+    timed_out = [i for i, (p, _) in enumerate(procs) if p.poll() is None]
     for p, log in procs:
       if p.poll() is None:
         p.kill()
       p.wait()
       log.close()
-  bad = [(i, p.returncode) for i, (p, _) in enumerate(procs) if p.returncode != 0]
+  logs = [open(os.path.join(logdir, f"proc{i}.log")).read() for i in range(len(procs))]
+  bad = [(i, p.returncode) for i, (p, _) in enumerate(procs)
+         if p.returncode != 0 and (check or i in timed_out)]
   if bad:
-    tails = "\n".join(f"--- process {i} (exit {rc}):\n" + open(os.path.join(logdir, f"proc{i}.log")).read()[-3000:]
-                      for i, rc in bad)
+    tails = "\n".join(f"--- process {i} (exit {rc}):\n" + logs[i][-3000:] for i, rc in bad)
     pytest.fail(f"processes {bad} failed or timed out after {TIMEOUT_S} s:\n{tails}")
-
-
-def _linked_workdirs(base) -> tuple[str, str]:
-  """Two workdirs whose checkpoints/ is one shared folder."""
-  shared = base / "shared_checkpoints"
-  shared.mkdir()
-  dirs = []
-  for i in range(2):
-    d = base / f"process{i}"
-    d.mkdir()
-    os.symlink(shared, d / "checkpoints")
-    dirs.append(str(d))
-  return dirs[0], dirs[1]
+  return [(p.returncode, text) for (p, _), text in zip(procs, logs)]
 
 
 def _flat(state) -> dict:
@@ -134,22 +127,23 @@ def _restore(workdir: str) -> tuple[dict, dict]:
 def runs(tmp_path_factory):
   """(workdir of the two-process run, workdir of the one-process two-device run), both trained."""
   base = tmp_path_factory.mktemp("multihost")
-  wd0, wd1 = _linked_workdirs(base)
-  ref = str(base / "two_devices")
+  shared, ref = str(base / "two_processes"), str(base / "two_devices")
   port = _free_port()
-  _run_all([(_train_cmd(wd0, *_multi_host_flags(port, 0)), _env(1)),
-            (_train_cmd(wd1, *_multi_host_flags(port, 1)), _env(1)),
+  _run_all([(_train_cmd(shared, *_multi_host_flags(port, 0)), _env(1)),
+            (_train_cmd(shared, *_multi_host_flags(port, 1)), _env(1)),
             (_train_cmd(ref), _env(2))], str(base))
-  return wd0, wd1, ref, base
+  return shared, ref, base
 
 
 def test_two_processes_train_like_two_devices(runs):
-  wd0, wd1, ref, _ = runs
-  logs = [open(os.path.join(d, "metrics.jsonl")).read() for d in (wd0, wd1, ref)]
-  losses = [json.loads(text.splitlines()[-1])["loss"] for text in logs]
-  assert losses[0] == losses[1]  # the processes share one replicated loss
-  np.testing.assert_allclose(losses[0], losses[2], rtol=1e-5)
-  (two_proc, init), (two_dev, _) = _restore(wd0), _restore(ref)
+  shared, ref, _ = runs
+  logs = [open(os.path.join(d, "metrics.jsonl")).read().splitlines() for d in (shared, ref)]
+  assert [json.loads(line)["step"] for line in logs[0]] == [STEPS]  # once: process 0 alone writes
+  assert sorted(os.listdir(shared)) == sorted(os.listdir(ref))  # config.json, manifest.json, …
+  assert json.load(open(os.path.join(shared, "config.json")))["parallel"]["process_id"] == 0
+  losses = [json.loads(lines[-1])["loss"] for lines in logs]
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+  (two_proc, init), (two_dev, _) = _restore(shared), _restore(ref)
   assert two_proc.keys() == two_dev.keys() and len(two_proc) > 10
   diffs = {k: float(np.abs(two_proc[k] - two_dev[k]).max()) for k in two_dev}
   worst = max(diffs.items(), key=lambda kv: kv[1])
@@ -161,19 +155,39 @@ def test_two_processes_train_like_two_devices(runs):
 def test_two_processes_sample_like_one_device(runs):
   from minidiff.study import sampling
   from minidiff.train import sharding
-  wd0, wd1, _, base = runs
+  shared, _, base = runs
   port = _free_port()
   out = str(base / "samples.npz")
-  _run_all([([sys.executable, os.path.abspath(__file__), wd, str(port), str(i), out], _env(1))
-            for i, wd in enumerate((wd0, wd1))], str(base))
+  _run_all([([sys.executable, os.path.abspath(__file__), shared, str(port), str(i), out], _env(1))
+            for i in range(2)], str(base))
   two_proc = np.load(out)["samples"]
-  config, eps_apply, params, schedule, null_id, _ = sampling.load_sampling_model(wd0)
+  config, eps_apply, params, schedule, null_id, _ = sampling.load_sampling_model(shared)
   options, x_T, labels, key, spec = _sampling_inputs(config)  # noqa: N806
   one = sampling.run_strategy(eps_apply, params, schedule, spec, options, x_T, labels, key,
                               null_id=null_id, mesh=sharding.data_mesh(1)).samples
   assert two_proc.shape == one.shape == (8, 8, 8, 1)
   assert np.isfinite(one).all() and one.std() > 0.1
   np.testing.assert_allclose(two_proc, one, atol=SAMPLE_ATOL)
+
+
+def test_a_workdir_that_process_0_refuses_stops_both_processes(tmp_path):
+  """Only process 0 checks config.json; when it refuses the workdir (another run's checkpoints),
+  process 1 must stop too, told so, not wait for process 0 in the first collective."""
+  from configs import tiny
+  from minidiff import config as config_lib
+  workdir = str(tmp_path / "other_run")
+  other = tiny.get_config()
+  other.model.base_channels = 16
+  config_lib.check_or_write_workdir_config(other, workdir)
+  os.makedirs(os.path.join(workdir, "checkpoints", "3"))  # something trained with it
+  saved = open(os.path.join(workdir, "config.json")).read()
+  port = _free_port()
+  results = _run_all([(_train_cmd(workdir, *_multi_host_flags(port, i)), _env(1)) for i in range(2)],
+                     str(tmp_path), check=False)
+  (rc0, log0), (rc1, log1) = results
+  assert rc0 == 2 and "holds a run trained with a different config" in log0, log0[-2000:]
+  assert rc1 == 2 and "Process 0 refused the workdir" in log1, log1[-2000:]
+  assert open(os.path.join(workdir, "config.json")).read() == saved  # nothing was changed
 
 
 def test_replicated_arrays_built_per_host_keep_values_and_keys():

@@ -1,5 +1,6 @@
 """Layer helpers shared by the UNet and the text encoder: host-drawn initialisers, linear and conv
-layers built with them, masked multi-head attention and the sinusoidal timestep embedding."""
+layers built with them, masked multi-head attention, the sinusoidal timestep embedding, and the
+fused GroupNorm and self-attention that the UNet uses with `fused_layers=True`."""
 from __future__ import annotations
 
 import math

@@ -10,6 +10,12 @@ transformer text encoder (minidiff.nn.text_encoder) trained jointly; its pooled 
 its token features are the cross-attention context, padding masked. The null condition is the
 empty caption.
 
+`fused_layers = True` builds every GroupNorm as `layers.GroupNorm` (one float32 statistics pass, then
+one multiply-add) and computes self-attention with `layers.self_attention` (two einsums, no head
+transposes for one head), the faster formulations on XLA:CPU. The parameters (names, shapes,
+initial values) are those of the plain layers, so a checkpoint loads into either; the outputs agree
+to float32 rounding, not bit for bit (tests/test_fused_layers.py).
+
 The condition may also be given as a continuous embedding, which `UNet.embed_condition(cond)`
 returns: {"embedding": [B, emb_dim]} for the class model (its class-embedding row), or
 {"embedding": [B, L, text_dim], "mask": [B, L]} for the text model (the text encoder's output
@@ -51,6 +57,7 @@ class UNetConfig:
   text_layers: int = 2
   text_heads: int = 2
   cross_attention_resolutions: tuple[int, ...] = ()  # feature-map sizes that cross-attend to tokens
+  fused_layers: bool = False  # layers.GroupNorm and layers.self_attention (see the module doc)
 
   @property
   def null_id(self) -> int:
@@ -109,6 +116,14 @@ class UNetConfig:
             f"{self.text_heads}, and {name('text_layers')}={self.text_layers} ≥ 1.")
 
 
+def group_norm(channels: int, groups: int, *, fused: bool, rngs: nnx.Rngs) -> nnx.Module:
+  """GroupNorm over `channels` in `groups`: flax's `nnx.GroupNorm`, or `layers.GroupNorm` when fused.
+
+  Both have the parameters `scale` and `bias` [channels] and draw the same keys from `rngs`.
+  """
+  return (layers.GroupNorm if fused else nnx.GroupNorm)(channels, groups, rngs=rngs)
+
+
 def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
   """Inverted dropout with an explicit key; identity when key is None or rate is 0."""
   if key is None or rate == 0.0:
@@ -121,11 +136,11 @@ class ResBlock(nnx.Module):
   """GroupNorm → SiLU → conv → + emb → GroupNorm → SiLU → dropout → conv, plus a skip."""
 
   def __init__(self, c_in: int, c_out: int, emb_dim: int, *, groups: int, dropout: float,
-               rngs: nnx.Rngs):
-    self.norm1 = nnx.GroupNorm(c_in, groups, rngs=rngs)
+               rngs: nnx.Rngs, fused: bool = False):
+    self.norm1 = group_norm(c_in, groups, fused=fused, rngs=rngs)
     self.conv1 = layers.conv(c_in, c_out, 3, rngs=rngs)
     self.emb_proj = layers.linear(emb_dim, c_out, rngs=rngs)
-    self.norm2 = nnx.GroupNorm(c_out, groups, rngs=rngs)
+    self.norm2 = group_norm(c_out, groups, fused=fused, rngs=rngs)
     self.conv2 = layers.conv(c_out, c_out, 3, rngs=rngs, zero=True)
     self.skip = layers.conv(c_in, c_out, 1, rngs=rngs) if c_in != c_out else None
     self.dropout = dropout
@@ -142,19 +157,25 @@ class AttentionBlock(nnx.Module):
   """Multi-head self-attention over the H·W positions, residual.
 
   `context` (token embeddings) is accepted for the text path; the class model passes None.
+  `fused`: the attention through `layers.self_attention` instead of `jax.nn.dot_product_attention`.
   """
 
-  def __init__(self, channels: int, *, groups: int, num_heads: int, rngs: nnx.Rngs):
-    self.norm = nnx.GroupNorm(channels, groups, rngs=rngs)
+  def __init__(self, channels: int, *, groups: int, num_heads: int, rngs: nnx.Rngs,
+               fused: bool = False):
+    self.norm = group_norm(channels, groups, fused=fused, rngs=rngs)
     self.qkv = layers.linear(channels, 3 * channels, rngs=rngs)
     self.out = layers.linear(channels, channels, rngs=rngs, zero=True)
     self.num_heads = num_heads
+    self.fused = fused
 
   def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
     b, hgt, wid, c = x.shape
     q, k, v = jnp.split(self.qkv(self.norm(x)).reshape(b, hgt * wid, 3 * c), 3, axis=-1)
-    heads = lambda a: a.reshape(b, hgt * wid, self.num_heads, c // self.num_heads)  # noqa: E731
-    h = jax.nn.dot_product_attention(heads(q), heads(k), heads(v))  # softmax(qkᵀ/√d) v
+    if self.fused:
+      h = layers.self_attention(q, k, v, self.num_heads)  # softmax(qkᵀ/√d) v
+    else:
+      heads = lambda a: a.reshape(b, hgt * wid, self.num_heads, c // self.num_heads)  # noqa: E731
+      h = jax.nn.dot_product_attention(heads(q), heads(k), heads(v))  # softmax(qkᵀ/√d) v
     return x + self.out(h.reshape(b, hgt, wid, c))
 
 
@@ -162,11 +183,13 @@ class CrossAttentionBlock(nnx.Module):
   """Residual cross-attention from the H·W positions to the caption's tokens, padding masked.
 
   q from GroupNorm(x), k and v from the text encoder's features; zero-initialised output, so a fresh
-  block is the identity (like the self-attention block).
+  block is the identity (like the self-attention block). `fused`: its GroupNorm is `layers.GroupNorm`
+  (the masked attention is `jax.nn.dot_product_attention` either way).
   """
 
-  def __init__(self, channels: int, context_dim: int, *, groups: int, num_heads: int, rngs: nnx.Rngs):
-    self.norm = nnx.GroupNorm(channels, groups, rngs=rngs)
+  def __init__(self, channels: int, context_dim: int, *, groups: int, num_heads: int, rngs: nnx.Rngs,
+               fused: bool = False):
+    self.norm = group_norm(channels, groups, fused=fused, rngs=rngs)
     self.q = layers.linear(channels, channels, rngs=rngs)
     self.kv = layers.linear(context_dim, 2 * channels, rngs=rngs)
     self.out = layers.linear(channels, channels, rngs=rngs, zero=True)
@@ -270,10 +293,12 @@ class UNet(nnx.Module):
       self.conditioner = ClassConditioner(config.num_classes, emb_dim, rngs=rngs)
     self.conv_in = layers.conv(config.in_channels, c0, 3, rngs=rngs)
 
-    res_kw = dict(groups=g, dropout=config.dropout, rngs=rngs)
-    attn = lambda c: AttentionBlock(c, groups=g, num_heads=config.num_heads, rngs=rngs)  # noqa: E731
+    fused = config.fused_layers
+    res_kw = dict(groups=g, dropout=config.dropout, rngs=rngs, fused=fused)
+    attn = lambda c: AttentionBlock(c, groups=g, num_heads=config.num_heads, rngs=rngs,  # noqa: E731
+                                    fused=fused)
     cross = lambda c: CrossAttentionBlock(c, config.text_dim, groups=g, num_heads=config.num_heads,  # noqa: E731
-                                          rngs=rngs)
+                                          rngs=rngs, fused=fused)
     crosses = config.cross_attention_resolutions if config.conditioning == "text" else ()
     down, skips_c, c, res = [], [c0], c0, config.resolution
     for level, mult in enumerate(config.channel_mults):
@@ -308,7 +333,7 @@ class UNet(nnx.Module):
         up.append(nnx.List([Upsample(c, rngs=rngs)]))
         res *= 2
     self.up = nnx.List(up)
-    self.norm_out = nnx.GroupNorm(c, g, rngs=rngs)
+    self.norm_out = group_norm(c, g, fused=fused, rngs=rngs)
     self.conv_out = layers.conv(c, config.in_channels, 3, rngs=rngs, zero=True)
 
   def __call__(self, x: jax.Array, t: jax.Array, cond: jax.Array, *,

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
@@ -105,6 +106,38 @@ def step_function(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
                          mesh=mesh)
 
 
+def _is_process_0() -> bool:
+  """Whether this process writes the workdir's shared files (config.json, manifest.json, the
+  tokenizer, metrics.jsonl, monitor.png): process 0 of a multi-process run, or the only process.
+  Orbax coordinates the checkpoints' writes itself."""
+  return jax.process_index() == 0
+
+
+def _on_process_0(fn: Callable[[], None]) -> None:
+  """Runs fn() on process 0 only; with several processes, all of them raise if it raised there.
+
+  For the workdir's checked or rewritten files: process 0 alone checks and writes config.json, and
+  a refused workdir (a different run's checkpoints) stops every process at once instead of leaving
+  the others waiting for process 0 in the first collective. The others return only once process 0
+  is done, so they read what it wrote.
+  """
+  if jax.process_count() == 1:
+    fn()
+    return
+  error = None
+  if _is_process_0():
+    try:
+      fn()
+    except Exception as e:  # noqa: BLE001 (re-raised below, after the others have been told)
+      error = e
+  failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+  if error is not None:
+    raise error
+  if failed:
+    raise ValueError(f"Process 0 refused the workdir or could not write to it (its log says why); "
+                     f"process {jax.process_index()} stops too.")
+
+
 def _append_jsonl(path: str, record: dict) -> None:
   with open(path, "a") as f:
     f.write(json.dumps(record) + "\n")
@@ -167,6 +200,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   config.monitor.every ≥ 1 the memorization monitor (minidiff/train/monitor.py) checks the EMA
   model every that many steps and at the last one, logs to metrics.jsonl ("monitor") and plots
   workdir/monitor.png; config.monitor.stop_copy_rate < 1 may end training early, with a checkpoint.
+  In a multi-process run the processes may share one workdir: process 0 alone writes its files
+  (config.json, manifest.json, the tokenizer, metrics.jsonl, monitor.png); Orbax coordinates the
+  checkpoints.
   """
   c = config_lib.validate_config(config)
   sharding.initialize_distributed(config)
@@ -174,11 +210,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   mesh = sharding.mesh_from_config(config)
   sharding.check_divisible(t.batch_size, mesh, "config.train.batch_size")
   precision.compute_dtype(config)
-  config_lib.check_or_write_workdir_config(config, workdir)
+  writer = _is_process_0()
+  _on_process_0(lambda: config_lib.check_or_write_workdir_config(config, workdir))
   subset = load_training_data(config)
-  subset.manifest.save(os.path.join(workdir, "manifest.json"))
+  if writer:
+    subset.manifest.save(os.path.join(workdir, "manifest.json"))
   train = subset.train
-  conds, null = training_conditions(config, subset, workdir)
+  conds, null = training_conditions(config, subset, workdir if writer else None)
   log.info("Training set: %d examples (%d unique, %d duplicated ×%d).", len(train),
            len(subset.unique_images), int(subset.manifest.is_duplicated.sum()), config.data.dup_factor)
 
@@ -193,7 +231,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     state = restore_state(ckpt, state)  # restored with the template's (replicated) sharding
     log.info("Resumed from checkpoint at step %d in %s.", state.step, ckpt.directory)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  _drop_metrics_after(metrics_path, state.step)  # they are trained again
+  # They are trained again. Process 0 rewrites the file; the others read it only after that.
+  _on_process_0(lambda: _drop_metrics_after(metrics_path, state.step))
   if state.step >= t.steps:
     log.info("Already trained to step %d ≥ train.steps=%d; nothing to do.", state.step, t.steps)
     ckpt.close()
@@ -269,7 +308,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         postfix["copy"] = f"{record['monitor']['copy_rate']:.2f}"
         if monitor_lib.should_stop(record["monitor"], stop_at):
           stopped = record["monitor"]
-      _append_jsonl(metrics_path, record)
+      if writer:
+        _append_jsonl(metrics_path, record)
       bar.set_postfix(postfix)
       window, t_window = [], time.perf_counter()
     if done % t.checkpoint_every == 0 or done == t.steps or stopped is not None:
@@ -281,7 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       break
   bar.close()
   ckpt.close()
-  if mon is not None:
+  if mon is not None and writer:
     png = monitor_lib.plot_curve(metrics_path, os.path.join(workdir, monitor_lib.PLOT_NAME),
                                  title=mon.description)
     if png:
