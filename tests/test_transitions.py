@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minidiff.core import guidance, samplers, transitions
+from minidiff.core import guidance, samplers, specs, transitions
 from minidiff.core.schedule import linear_schedule
 from minidiff.study import transitions as study_tr
 
@@ -51,6 +51,51 @@ def test_peak_passed_fires_lag_steps_after_the_last_new_peak():
   assert fire(transitions.PeakPassed(lag=1), [1, 3, 2]) == 2
   with pytest.raises(ValueError, match="lag"):
     transitions.PeakPassed(lag=0)
+
+
+def test_rule_specs_parse_to_the_rules_with_their_parameters():
+  got = [g.strategy for g in specs.parse_guidance(
+      "peak_drop:fraction=0.7:measure=eps,peak_passed:lag=2:min_step=4:w_pre=1,peak_drop", T=1000)]
+  assert got == [transitions.PeakDrop(fraction=0.7, measure="eps"),
+                 transitions.PeakPassed(lag=2, min_step=4, w_pre=1.0),
+                 transitions.PeakDrop()]  # defaults: w_pre 0 → w_post 7.5, x0, fraction 0.5
+  assert specs.strategy_params("peak_passed") == dict(w_pre=0.0, w_post=7.5, measure="eps", lag=3,
+                                                      min_step=2)
+  sweep = specs.parse_guidance("peak_drop:fraction=0.3,0.5", T=1000, overrides={"w_post": "3"})
+  assert [(g.strategy.fraction, g.strategy.w_post) for g in sweep] == [(0.3, 3.0), (0.5, 3.0)]
+  for bad, match in (("peak_drop:fraction=1", "fraction"), ("peak_passed:lag=1.5", "integer"),
+                     ("peak_passed:tau=3", "no parameter"), ("peak_drops", "peak_passed")):
+    with pytest.raises(ValueError, match=match):
+      specs.parse_guidance(bad, T=1000)
+
+
+@pytest.mark.parametrize("spec, d, expected", [
+    ("peak_drop:fraction=0.5:measure=x0", [2, 5, 8, 4.5, 4.0, 9, 1], 4),  # the sequences above
+    ("peak_passed:lag=2", [1, 3, 5, 4, 4.5, 6], 4),
+])
+def test_a_rule_spec_arm_fires_in_the_sampler_where_the_rule_does_on_its_sequence(spec, d, expected):
+  (arm,) = specs.parse_guidance(spec, T=1000)
+  rule = arm.strategy
+  assert fire(rule, d) == expected
+  S = len(d)  # noqa: N806
+  grid = samplers.time_grid(1000, S)
+  # A denoiser whose ε_c − ε_u at step k is d_k (x0 measure: d_k / σ_{t_k}, as d_x0 = d_eps · σ_t)
+  # along a unit vector, whatever x_t: the sampler records exactly the hand-made d.
+  sigma = np.asarray(SCHEDULE.sigma(grid))
+  table = np.zeros(1000, np.float32)
+  table[grid] = np.asarray(d) / (sigma if rule.measure == "x0" else 1.0)
+  unit = jnp.full(SHAPE, 1.0 / np.sqrt(np.prod(SHAPE)))
+
+  def eps_fn(x, t, cond):
+    return 0.5 * x + (jnp.asarray(table)[t] * (cond != 9))[:, None, None, None] * unit
+
+  x_T = jnp.asarray(np.random.default_rng(3).standard_normal((2,) + SHAPE), jnp.float32)  # noqa: N806
+  _, diag = samplers.sample(eps_fn, SCHEDULE, x_T, jnp.asarray([0, 1]), jnp.full((2,), 9),
+                            jax.random.key(0), strategy=rule, num_steps=S)
+  np.testing.assert_allclose(getattr(diag, f"d_{rule.measure}")[:, 0], d, rtol=1e-4)
+  np.testing.assert_array_equal(diag.transition_step, [expected, expected])
+  w = [rule.w_pre] * expected + [rule.w_post] * (S - expected)  # w_pre before k̂, w_post from it
+  np.testing.assert_array_equal(diag.w[:, 0], w)
 
 
 def test_offline_rules_equal_the_same_rules_run_inside_the_sampler():
