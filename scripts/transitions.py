@@ -1,6 +1,7 @@
 """Per-sample transition points of a trained run: k*, the oracle frontier, the detectors.
 
   python scripts/transitions.py --workdir runs/mnist_dup_s0 --num 200 --outdir OUT [--use 50]
+  python scripts/transitions.py --workdir runs/mnist_text_s0 --num 200 --outdir OUT  # text: its memorized captions
 
 A thin entry point: the CPU settings, then minidiff.study.transitions.main (see its flags and
 docs/transitions.md).

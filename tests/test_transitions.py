@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minidiff.core import guidance, samplers, transitions
+from minidiff.core import guidance, samplers, specs, transitions
 from minidiff.core.schedule import linear_schedule
 from minidiff.study import transitions as study_tr
 
@@ -51,6 +51,51 @@ def test_peak_passed_fires_lag_steps_after_the_last_new_peak():
   assert fire(transitions.PeakPassed(lag=1), [1, 3, 2]) == 2
   with pytest.raises(ValueError, match="lag"):
     transitions.PeakPassed(lag=0)
+
+
+def test_rule_specs_parse_to_the_rules_with_their_parameters():
+  got = [g.strategy for g in specs.parse_guidance(
+      "peak_drop:fraction=0.7:measure=eps,peak_passed:lag=2:min_step=4:w_pre=1,peak_drop", T=1000)]
+  assert got == [transitions.PeakDrop(fraction=0.7, measure="eps"),
+                 transitions.PeakPassed(lag=2, min_step=4, w_pre=1.0),
+                 transitions.PeakDrop()]  # defaults: w_pre 0 → w_post 7.5, x0, fraction 0.5
+  assert specs.strategy_params("peak_passed") == dict(w_pre=0.0, w_post=7.5, measure="eps", lag=3,
+                                                      min_step=2)
+  sweep = specs.parse_guidance("peak_drop:fraction=0.3,0.5", T=1000, overrides={"w_post": "3"})
+  assert [(g.strategy.fraction, g.strategy.w_post) for g in sweep] == [(0.3, 3.0), (0.5, 3.0)]
+  for bad, match in (("peak_drop:fraction=1", "fraction"), ("peak_passed:lag=1.5", "integer"),
+                     ("peak_passed:tau=3", "no parameter"), ("peak_drops", "peak_passed")):
+    with pytest.raises(ValueError, match=match):
+      specs.parse_guidance(bad, T=1000)
+
+
+@pytest.mark.parametrize("spec, d, expected", [
+    ("peak_drop:fraction=0.5:measure=x0", [2, 5, 8, 4.5, 4.0, 9, 1], 4),  # the sequences above
+    ("peak_passed:lag=2", [1, 3, 5, 4, 4.5, 6], 4),
+])
+def test_a_rule_spec_arm_fires_in_the_sampler_where_the_rule_does_on_its_sequence(spec, d, expected):
+  (arm,) = specs.parse_guidance(spec, T=1000)
+  rule = arm.strategy
+  assert fire(rule, d) == expected
+  S = len(d)  # noqa: N806
+  grid = samplers.time_grid(1000, S)
+  # A denoiser whose ε_c − ε_u at step k is d_k (x0 measure: d_k / σ_{t_k}, as d_x0 = d_eps · σ_t)
+  # along a unit vector, whatever x_t: the sampler records exactly the hand-made d.
+  sigma = np.asarray(SCHEDULE.sigma(grid))
+  table = np.zeros(1000, np.float32)
+  table[grid] = np.asarray(d) / (sigma if rule.measure == "x0" else 1.0)
+  unit = jnp.full(SHAPE, 1.0 / np.sqrt(np.prod(SHAPE)))
+
+  def eps_fn(x, t, cond):
+    return 0.5 * x + (jnp.asarray(table)[t] * (cond != 9))[:, None, None, None] * unit
+
+  x_T = jnp.asarray(np.random.default_rng(3).standard_normal((2,) + SHAPE), jnp.float32)  # noqa: N806
+  _, diag = samplers.sample(eps_fn, SCHEDULE, x_T, jnp.asarray([0, 1]), jnp.full((2,), 9),
+                            jax.random.key(0), strategy=rule, num_steps=S)
+  np.testing.assert_allclose(getattr(diag, f"d_{rule.measure}")[:, 0], d, rtol=1e-4)
+  np.testing.assert_array_equal(diag.transition_step, [expected, expected])
+  w = [rule.w_pre] * expected + [rule.w_post] * (S - expected)  # w_pre before k̂, w_post from it
+  np.testing.assert_array_equal(diag.w[:, 0], w)
 
 
 def test_offline_rules_equal_the_same_rules_run_inside_the_sampler():
@@ -222,23 +267,75 @@ def test_k_star_on_the_exact_denoiser_equals_basins_measurement():
   assert len(set(expected.tolist())) >= 3  # the transition really is per sample
 
 
-def test_the_study_end_to_end_on_the_tiny_run(tiny_run, tmp_path):
-  """Sweep, detectors, the two-pass and dynamic arms, the write-up; a rerun reuses the samples."""
+def test_sample_chunks_reads_back_the_chunks_of_a_smaller_study_and_pads_the_last(tmp_path):
+  """A chunk is keyed by its rows, noises and conditions (token ids here, as in a text study), not
+  by the study's N: a larger --num reads back the first chunks."""
+  calls = []
+
+  def sample(x, cond, key):
+    calls.append(x.shape[0])
+    return dict(samples=2 * x, tokens=cond, d=np.tile(x[:, 0, 0, 0], (3, 1)), t=np.arange(3))
+
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((5, 2, 2, 1)).astype(np.float32)
+  tokens = rng.integers(0, 50, (5, 4)).astype(np.int32)
+  kw = dict(chunk=2, cache=str(tmp_path), meta=dict(arm="a"),
+            axes=dict(samples=0, tokens=0, d=1, t=None))
+  out, _, fresh = study_tr.sample_chunks("a", sample, x[:3], tokens[:3], jax.random.key(0), **kw)
+  assert fresh == 2 and calls == [2, 2]  # rows 0–1, then row 2 padded to 2 rows (one compile)
+  np.testing.assert_array_equal(out["samples"], 2 * x[:3])
+  np.testing.assert_array_equal(out["tokens"], tokens[:3])
+  assert out["d"].shape == (3, 3) and out["t"].tolist() == [0, 1, 2]
+  out, _, fresh = study_tr.sample_chunks("a", sample, x, tokens, jax.random.key(0), **kw)
+  assert fresh == 2  # rows 0–1 read back; rows 2–3 (a different chunk than row 2 alone) and 4 new
+  np.testing.assert_array_equal(out["samples"], 2 * x)
+  np.testing.assert_array_equal(out["d"][1], x[:, 0, 0, 0])
+  _, _, fresh = study_tr.sample_chunks("a", sample, x, tokens[::-1], jax.random.key(0), **kw)
+  assert fresh == 3  # other conditions: every chunk anew
+  _, _, fresh = study_tr.sample_chunks("a", sample, x, tokens[::-1], jax.random.key(0),
+                                       **(kw | dict(meta=dict(arm="b"))))
+  assert fresh == 3  # another arm (or model, or option) too
+
+
+@pytest.fixture(scope="module")
+def classifier_cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("classifier_cache"))  # both tiny runs are 8×8 MNIST
+
+
+def test_the_study_end_to_end_on_the_tiny_run(tiny_run, tmp_path, classifier_cache):
+  """Sweep, detectors, the two-pass and dynamic arms, the write-up; a rerun reuses the samples,
+  also with a larger --num (its first noises are the same)."""
   import json
   import os
   kw = dict(num=4, w_pre=0.0, w_post=3.0, two_pass_s=[2.0], dynamic_w_pre=1.0, chunk=2,
-            cache=str(tmp_path / "cache"), classifier_cache=str(tmp_path / "clf"), use=2)
+            cache=str(tmp_path / "cache"), classifier_cache=classifier_cache, use=2)
   r = study_tr.study(tiny_run, outdir=str(tmp_path / "out"), **kw)
   S = r["num_steps"]  # noqa: N806
   assert r["steps"] == list(range(S + 1)) and r["n"] == 2 and len(r["k_star"]) == 2
   assert set(r["detectors"]) == set(study_tr.default_detectors(w_pre=0.0, w_post=3.0))
   assert set(r["extra"]) == {"two_pass_s2", "authors_dynamic_w_pre1"}
   assert len(r["extra"]["two_pass_s2"]["k_hat"]) == 2
+  assert r["extra"]["two_pass_s2"]["lag"] is None  # its w_pre −2 is not the sweep's 0
+  assert r["sampled_chunks"] == {"sweep": 1, "two_pass_s2": 1, "authors_dynamic": 1}
   for name in ("results.json", "report.md", "k_star.png", "frontier.png"):
     assert os.path.exists(tmp_path / "out" / name), name
   assert json.load(open(tmp_path / "out" / "results.json"))["k_star"] == r["k_star"]
-  again = study_tr.study(tiny_run, outdir=str(tmp_path / "out2"), **kw)
+  again = study_tr.study(tiny_run, outdir=str(tmp_path / "out2"), **(kw | dict(num=6)))
+  assert again["sampled_chunks"] == {"sweep": 0, "two_pass_s2": 0, "authors_dynamic": 0}
   assert again["timing"] == r["timing"]  # every chunk and arm read back, nothing resampled
   assert again["k_star"] == r["k_star"]
   with pytest.raises(ValueError, match="--use"):
     study_tr.study(tiny_run, outdir=str(tmp_path / "out3"), **(kw | dict(use=3)))
+
+
+def test_the_study_on_the_tiny_text_run(tiny_text_run, tmp_path, classifier_cache):
+  """Text conditions (the memorized caption, cycled) through the opposite-guidance sweep, whose
+  k* scores the two-pass rule, and the dynamic arm."""
+  r = study_tr.study(tiny_text_run, num=2, w_pre=-2.0, w_post=3.0, two_pass_s=[2.0],
+                     dynamic_w_pre=1.0, chunk=2, cache=str(tmp_path / "cache"),
+                     classifier_cache=classifier_cache, outdir=str(tmp_path / "out"))
+  assert r["kind"] == "text" and r["conditions"] == "the 1 memorized caption, cycled"
+  assert r["n"] == 2 and len(r["flags"]["copied"]) == r["num_steps"] + 1
+  assert r["extra"]["two_pass_s2"]["lag"]["never_fired"] == 0.0  # w_pre = −s: scored against k*
+  assert len(r["extra"]["authors_dynamic_w_pre1"]["k_hat"]) == 2
+  assert "the image the caption names" in (tmp_path / "out" / "report.md").read_text()

@@ -17,9 +17,31 @@ import dataclasses
 import itertools
 import math
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
-from minidiff.core import guidance
+from minidiff.core import guidance, mitigations, transitions
+
+# Every name a guidance spec may start with: guidance's strategies and the transition rules
+# `peak_drop` and `peak_passed` (minidiff.core.transitions.RULES), which are dynamic-CFG arms.
+STRATEGY_NAMES: tuple[str, ...] = guidance.STRATEGY_NAMES + tuple(transitions.RULES)
+
+
+def strategy_params(name: str) -> dict[str, Any]:
+  """The overridable parameters of strategy or transition rule `name` with their defaults."""
+  if name in transitions.RULES:
+    return transitions.rule_params(name)
+  if name not in guidance.STRATEGY_NAMES + guidance.MITIGATION_NAMES:
+    raise ValueError(f"Unknown guidance strategy {name!r}; choose one of "
+                     f"{STRATEGY_NAMES + guidance.MITIGATION_NAMES}.")
+  return guidance.strategy_params(name)
+
+
+def make_strategy(name: str, **overrides: Any) -> guidance.Strategy | mitigations.Mitigation:
+  """Builds strategy or transition rule `name` with (string) keyword overrides."""
+  if name in transitions.RULES:
+    return transitions.make_rule(name, **overrides)
+  return guidance.make_strategy(name, **overrides)
+
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -154,7 +176,7 @@ def parse_guidance(specs: str | Sequence[str], *, T: int, overrides: dict[str, s
   """
   items = _split(specs)
   if not items:
-    raise ValueError("No guidance strategy given; choose from " + ", ".join(guidance.STRATEGY_NAMES))
+    raise ValueError("No guidance strategy given; choose from " + ", ".join(STRATEGY_NAMES))
   overrides = dict(overrides or {})
   used = set()
   out = []
@@ -166,12 +188,12 @@ def parse_guidance(specs: str | Sequence[str], *, T: int, overrides: dict[str, s
         raise ValueError(f"Guidance spec {item!r}: expected param=value, got {p!r}.")
       k, v = p.split("=", 1)
       kw[k] = v
-    valid = guidance.strategy_params(name)  # raises for unknown names
+    valid = strategy_params(name)  # raises for unknown names
     for k, v in overrides.items():
       if k in valid and k not in kw:
         kw[k] = v
         used.add(k)
-    strategy = guidance.make_strategy(name, **kw)
+    strategy = make_strategy(name, **kw)
     try:
       strategy.validate(T)
     except ValueError as e:

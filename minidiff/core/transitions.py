@@ -16,6 +16,10 @@ Rules:
     1 − cos(x_k, x_{k+1}) of a first pass (see `samplers.sample_two_pass`);
   - `StepSwitch`: the strategy that switches each sample at a given step (the second pass, or an
     oracle that switches at the true transition k*).
+
+The running-peak rules have spec names (`RULES`, parsed by minidiff.core.specs beside guidance's
+strategies): `peak_drop[:fraction=…:measure=…:min_step=…]` and `peak_passed[:lag=…:measure=…]`,
+each with w_pre and w_post — a dynamic-CFG arm like `dynamic`.
 """
 from __future__ import annotations
 
@@ -138,6 +142,48 @@ class PeakPassed(_PeakRule):
     since = jnp.where(d > state.peak, 0, state.since_peak + 1)  # steps since the peak, at k
     fires = (k >= self.min_step) & (since >= self.lag)
     return _latch(state, k, fires, d, self.w_pre, self.w_post)
+
+
+# Spec names of the online rules that are study arms (w_pre until the rule fires, w_post after).
+RULES: dict[str, type[_PeakRule]] = {"peak_drop": PeakDrop, "peak_passed": PeakPassed}
+
+
+def rule_params(name: str) -> dict[str, Any]:
+  """The parameters of rule `name` (a key of RULES) with their defaults."""
+  if name not in RULES:
+    raise ValueError(f"Unknown transition rule {name!r}; choose one of {tuple(RULES)}.")
+  return {f.name: f.default for f in dataclasses.fields(RULES[name])}
+
+
+def _coerce(value: Any, default: Any) -> Any:
+  """A spec's string as the type of the field's default ("2" → 2 for an int field)."""
+  if not isinstance(value, str) or isinstance(default, str):
+    return value
+  as_float = float(value)
+  if isinstance(default, int):
+    if not as_float.is_integer():
+      raise ValueError(f"expected an integer, got {value!r}")
+    return int(as_float)
+  return as_float
+
+
+def make_rule(name: str, **overrides: Any) -> _PeakRule:
+  """Builds rule `name` (a key of RULES) with keyword overrides, e.g. fraction=0.7, lag=2.
+
+  String values (from a spec) are converted to the field's type. Raises ValueError for unknown
+  names, unknown parameters or bad values (the rule's own checks).
+  """
+  params = rule_params(name)
+  unknown = sorted(set(overrides) - set(params))
+  if unknown:
+    raise ValueError(f"Strategy {name!r} has no parameter(s) {unknown}; valid: {sorted(params)}.")
+  kw = {}
+  for k, v in overrides.items():
+    try:
+      kw[k] = _coerce(v, params[k])
+    except ValueError as e:
+      raise ValueError(f"Strategy {name!r}: bad value {k}={v!r}: {e}.") from None
+  return RULES[name](**kw)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

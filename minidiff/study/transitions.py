@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -293,14 +294,102 @@ class Sweep:
   samples: np.ndarray  # [K, N, H, W, C]
   d_eps: np.ndarray  # [S, N] along the w_pre trajectory (the never-switching row)
   d_x0: np.ndarray  # [S, N]
-  sample_s: float
+  sample_s: float  # seconds of sampling, summed over the chunks (read back or sampled now)
+  sampled_chunks: int = 0  # chunks sampled by this call (the others were read back)
+
+
+def _digest(*trees) -> str:
+  """A short hash of every leaf (dtype, shape, bytes) of the given pytrees."""
+  import jax
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(trees):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
+
+
+def _pad_rows(a, n: int) -> np.ndarray:
+  """a [m, ...] with rows repeated to n ≥ m rows."""
+  a = np.asarray(a)
+  return a if a.shape[0] == n else np.concatenate([a, np.resize(a, (n - a.shape[0],) + a.shape[1:])])
+
+
+def _run_meta(run, **kw: Any) -> dict[str, Any]:
+  """What a cached chunk depends on besides its own noises and conditions: the model's weights,
+  the sampler options (not the study's size) and the arm's own settings."""
+  options = {k: v for k, v in dataclasses.asdict(run.options).items() if k not in ("num", "batch")}
+  return dict(kw, options=options, params=_digest(run.params))
+
+
+def sample_chunks(name: str, sample, x_T: np.ndarray, cond, key, *, chunk: int, cache: str,  # noqa: N803
+                  meta: Mapping[str, Any], axes: Mapping[str, int | None], legacy: str | None = None
+                  ) -> tuple[dict[str, np.ndarray], float, int]:
+  """Samples x_T [N, ...] in chunks of `chunk` rows, each kept as cache/{name}_{row:05d}.npz.
+
+  `sample(x [chunk, ...], cond, key)` → arrays by name (the last chunk is padded to `chunk` rows,
+  so one compile serves every chunk; the padding is dropped along `axes[name]`, None: not per
+  row, taken from the first chunk). Chunk r (its first row) gets `fold_in(key, r)`. A chunk file
+  is reused when its meta matches: `meta`, its rows, and a hash of its noises and conditions, so
+  a study with a larger --num (the noises and conditions of the first rows do not depend on it)
+  reads back the chunks a smaller one sampled, and a changed model, seed or option samples anew.
+  `legacy`: the meta an earlier version wrote for every chunk of this study, also accepted.
+
+  Returns (the arrays concatenated over the N rows, the sampling seconds summed over every chunk,
+  whether sampled now or read back, the number of chunks sampled now).
+  """
+  import jax
+  os.makedirs(cache, exist_ok=True)
+  n = x_T.shape[0]
+  parts, seconds, fresh = [], 0.0, 0
+  for i in range(0, n, chunk):
+    rows = slice(i, min(i + chunk, n))
+    x, c = x_T[rows], jax.tree.map(lambda a: np.asarray(a)[rows], cond)
+    m = json.dumps(dict(meta, rows=[rows.start, rows.stop], chunk=chunk, inputs=_digest(x, c)),
+                   sort_keys=True)
+    path = os.path.join(cache, f"{name}_{i:05d}.npz")
+    if os.path.exists(path):
+      with np.load(path) as f:
+        if str(f["meta"]) in (m, legacy):
+          parts.append({k: f[k] for k in axes})
+          seconds += float(f["seconds"])
+          continue
+    t0 = time.perf_counter()
+    out = sample(_pad_rows(x, chunk), jax.tree.map(lambda a: _pad_rows(a, chunk), c),
+                 jax.random.fold_in(key, i))
+    dt = time.perf_counter() - t0
+    keep = np.arange(rows.stop - rows.start)
+    part = {k: np.asarray(out[k]) if ax is None else np.take(np.asarray(out[k]), keep, axis=ax)
+            for k, ax in axes.items()}
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, meta=m, seconds=dt, **part)
+    os.replace(tmp, path)
+    log.info("%s: noises %d–%d in %.0f s", name, rows.start, rows.stop - 1, dt)
+    parts.append(part)
+    seconds += dt
+    fresh += 1
+  cat = {k: parts[0][k] if ax is None else np.concatenate([p[k] for p in parts], axis=ax)
+         for k, ax in axes.items()}
+  return cat, seconds, fresh
+
+
+def _compile_once(fn):
+  """compiled_for(*example) of `sampling.sample_in_batches` that compiles `fn` on the first call
+  only (every chunk has the same shapes)."""
+  import jax
+  compiled: dict = {}
+
+  def compiled_for(*example):
+    if "c" not in compiled:
+      compiled["c"] = jax.jit(fn).lower(*example).compile()
+    return compiled["c"]
+  return compiled_for
 
 
 def run_sweep(run, conditions, x_T: np.ndarray, key, *, w_pre: float, w_post: float,  # noqa: N803
               chunk: int, cache: str, use: int | None = None) -> Sweep:
-  """Samples the sweep in chunks of `chunk` noises (the first `use` of x_T); each chunk is saved
-  in `cache` and reused."""
-  import jax
+  """Samples the sweep in chunks of `chunk` noises (the first `use` of x_T), each saved in
+  `cache` and reused (`sample_chunks`)."""
   import jax.numpy as jnp
 
   from minidiff.core import samplers
@@ -308,7 +397,7 @@ def run_sweep(run, conditions, x_T: np.ndarray, key, *, w_pre: float, w_post: fl
   o = run.options
   S = o.num_steps  # noqa: N806
   steps = np.arange(S + 1, dtype=np.int32)
-  compiled: dict = {}
+  use = x_T.shape[0] if use is None else use
 
   def fn(params, x, cond, null, k):
     eps_fn = lambda x_t, t, c: run.eps_apply(params, x_t, t, c)  # noqa: E731
@@ -317,49 +406,29 @@ def run_sweep(run, conditions, x_T: np.ndarray, key, *, w_pre: float, w_post: fl
         switch_steps=jnp.asarray(steps), sampler=o.sampler, num_steps=S, eta=o.eta,
         spacing=o.spacing, clip_x0=o.clip_x0)
 
-  def compiled_for(*example):
-    if "c" not in compiled:
-      compiled["c"] = jax.jit(fn).lower(*example).compile()
-    return compiled["c"]
+  compiled_for = _compile_once(fn)
 
-  os.makedirs(cache, exist_ok=True)
-  parts, seconds = [], 0.0
-  n = x_T.shape[0]
-  meta = json.dumps(dict(w_pre=w_pre, w_post=w_post, options=dataclasses.asdict(o), n=n,
-                         chunk=chunk), sort_keys=True)
-  for i in range(0, n if use is None else use, chunk):
-    path = os.path.join(cache, f"sweep_w{w_pre:g}_{i:05d}.npz")
-    if os.path.exists(path):
-      with np.load(path) as f:
-        if str(f["meta"]) == meta:
-          parts.append({k: f[k] for k in ("samples", "d_eps", "d_x0", "t")})
-          seconds += float(f["seconds"])
-          continue
-    rows = slice(i, min(i + chunk, n))
-    cond = jax.tree.map(lambda a: a[rows], conditions.cond)
-    t0 = time.perf_counter()
-    outs, _, _ = sampling.sample_in_batches(compiled_for, run.params, x_T[rows], cond,
-                                            conditions.null, key, batch=chunk, mesh=run.mesh,
-                                            num_arms=len(steps))
-    dt = time.perf_counter() - t0
-    part = dict(samples=np.stack([o_[0] for o_ in outs]), d_eps=outs[-1][1]["d_eps"],
+  def sample(x, cond, k):
+    outs, _, _ = sampling.sample_in_batches(compiled_for, run.params, x, cond, conditions.null, k,
+                                            batch=chunk, mesh=run.mesh, num_arms=len(steps))
+    return dict(samples=np.stack([o_[0] for o_ in outs]), d_eps=outs[-1][1]["d_eps"],
                 d_x0=outs[-1][1]["d_x0"], t=outs[-1][3])
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, meta=meta, seconds=dt, **part)
-    os.replace(tmp, path)
-    log.info("sweep w_pre=%g: noises %d–%d in %.0f s", w_pre, rows.start, rows.stop - 1, dt)
-    parts.append(part)
-    seconds += dt
-  cat = lambda k, ax: np.concatenate([p[k] for p in parts], axis=ax)  # noqa: E731
-  return Sweep(steps=steps, t=parts[0]["t"], samples=cat("samples", 1), d_eps=cat("d_eps", 1),
-               d_x0=cat("d_x0", 1), sample_s=seconds)
+
+  # The chunks of the sweep before its meta hashed the inputs (keyed by the study's N instead).
+  legacy = json.dumps(dict(w_pre=w_pre, w_post=w_post, options=dataclasses.asdict(o),
+                           n=x_T.shape[0], chunk=chunk), sort_keys=True)
+  out, seconds, fresh = sample_chunks(
+      f"sweep_w{w_pre:g}", sample, x_T[:use], _first_rows(conditions.cond, use), key, chunk=chunk,
+      cache=cache, meta=_run_meta(run, arm="sweep", w_pre=w_pre, w_post=w_post),
+      axes=dict(samples=1, d_eps=1, d_x0=1, t=None), legacy=legacy)
+  return Sweep(steps=steps, t=out["t"], samples=out["samples"], d_eps=out["d_eps"],
+               d_x0=out["d_x0"], sample_s=seconds, sampled_chunks=fresh)
 
 
 def run_two_pass(run, conditions, x_T: np.ndarray, key, *, s: float, w_post: float,  # noqa: N803
-                 chunk: int) -> tuple[np.ndarray, np.ndarray, float]:
-  """The authors' two-pass opposite-guidance rule on every noise: (samples, k̂ [N], seconds)."""
-  import jax
-
+                 chunk: int, cache: str) -> tuple[np.ndarray, np.ndarray, float, int]:
+  """The authors' two-pass opposite-guidance rule on every noise, in cached chunks: (samples,
+  k̂ [N], seconds, chunks sampled now)."""
   from minidiff.core import samplers
   from minidiff.study import sampling
   o = run.options
@@ -372,22 +441,55 @@ def run_two_pass(run, conditions, x_T: np.ndarray, key, *, s: float, w_post: flo
         num_steps=o.num_steps, eta=o.eta, spacing=o.spacing, clip_x0=o.clip_x0)
     return x0, diag.replace(transition_step=two.transition_step)
 
-  t0 = time.perf_counter()
-  (out,), _, _ = sampling.sample_in_batches(
-      lambda *ex: jax.jit(fn).lower(*ex).compile(), run.params, x_T, conditions.cond,
-      conditions.null, key, batch=chunk, mesh=run.mesh)
-  return out[0], out[1]["transition_step"], time.perf_counter() - t0
+  compiled_for = _compile_once(fn)
+
+  def sample(x, cond, k):
+    (out,), _, _ = sampling.sample_in_batches(compiled_for, run.params, x, cond, conditions.null,
+                                              k, batch=chunk, mesh=run.mesh)
+    return dict(samples=out[0], k_hat=out[1]["transition_step"])
+
+  out, seconds, fresh = sample_chunks(
+      f"two_pass_s{s:g}_w{w_post:g}", sample, x_T, conditions.cond, key, chunk=chunk, cache=cache,
+      meta=_run_meta(run, arm="two_pass", s=s, w_post=w_post), axes=dict(samples=0, k_hat=0))
+  return out["samples"], out["k_hat"], seconds, fresh
 
 
-def run_arm(run, conditions, x_T: np.ndarray, key, strategy, *, chunk: int  # noqa: N803
-            ) -> tuple[np.ndarray, np.ndarray, float]:
-  """One guidance strategy on every noise: (samples, transition_step [N], seconds)."""
-  from minidiff.study import arms as arms_lib
-  t0 = time.perf_counter()
-  result = arms_lib.run_arm(dataclasses.replace(run, options=dataclasses.replace(run.options,
-                                                                                batch=chunk)),
-                            arms_lib.Arm(repr(strategy), "dynamic", strategy), conditions, x_T, key)
-  return result.samples, result.transition_step, time.perf_counter() - t0
+def run_arm(run, conditions, x_T: np.ndarray, key, strategy, *, chunk: int,  # noqa: N803
+            cache: str, name: str) -> tuple[np.ndarray, np.ndarray, float, int]:
+  """One guidance strategy on every noise, in cached chunks named `name`: (samples,
+  transition_step [N], seconds, chunks sampled now)."""
+  from minidiff.core import samplers
+  from minidiff.study import sampling
+  o = run.options
+
+  def fn(params, x, cond, null, k):
+    eps_fn = lambda x_t, t, c: run.eps_apply(params, x_t, t, c)  # noqa: E731
+    return samplers.sample(eps_fn, run.schedule, x, cond, null, k, strategy=strategy,
+                           sampler=o.sampler, num_steps=o.num_steps, eta=o.eta,
+                           spacing=o.spacing, clip_x0=o.clip_x0)
+
+  compiled_for = _compile_once(fn)
+
+  def sample(x, cond, k):
+    (out,), _, _ = sampling.sample_in_batches(compiled_for, run.params, x, cond, conditions.null,
+                                              k, batch=chunk, mesh=run.mesh)
+    return dict(samples=out[0], k_hat=out[1]["transition_step"])
+
+  out, seconds, fresh = sample_chunks(
+      name, sample, x_T, conditions.cond, key, chunk=chunk, cache=cache,
+      meta=_run_meta(run, arm=repr(strategy)), axes=dict(samples=0, k_hat=0))
+  return out["samples"], out["k_hat"], seconds, fresh
+
+
+def _legacy_arm(cache: str, name: str, num: int, use: int
+                ) -> tuple[np.ndarray, np.ndarray, float, int] | None:
+  """An off-sweep arm as an earlier version kept it, whole, per (--num, --use): (samples, k̂,
+  seconds, 0 chunks sampled), or None."""
+  path = os.path.join(cache, f"{name}_n{num}_use{use}.npz")
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as f:
+    return f["samples"], f["k_hat"], float(f["seconds"]), 0
 
 
 def measure_flags(ctx, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -405,10 +507,15 @@ def measure_flags(ctx, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return f["copy"].reshape(lead), f["class_correct"].reshape(lead)
 
 
+def _first_rows(tree, n: int):
+  """The first n rows of every leaf of a pytree."""
+  import jax
+  return jax.tree.map(lambda a: np.asarray(a)[:n], tree)
+
+
 def _first(c, n: int):
   """The first n rows of a condition set."""
-  import jax
-  return dataclasses.replace(c, cond=jax.tree.map(lambda a: np.asarray(a)[:n], c.cond),
+  return dataclasses.replace(c, cond=_first_rows(c.cond, n),
                              requested_class=c.requested_class[:n], target_image=c.target_image[:n],
                              groups={k: v[:n] for k, v in c.groups.items()},
                              prompts=None if c.prompts is None else tuple(c.prompts[:n]))
@@ -450,19 +557,29 @@ def study(workdir: str, *, num: int, w_pre: float, w_post: float, two_pass_s: Se
   t_start = time.perf_counter()
   config, eps_apply, params, schedule, null_id, step = sampling.load_sampling_model(workdir)
   subset = inputs.load_training_data(config)
+  # The alignment axis first: a missing classifier or dataset fails before anything is sampled.
+  clf = classifier_lib.load_or_train_classifier(
+      resolution=config.data.resolution, dataset=config.data.name, seed=0,
+      cache_dir=classifier_cache,
+      settings=classifier_lib.TrainSettings(epochs=config.study.get("classifier_epochs", 15)))
   manifest = subset.manifest
   if config_lib.is_text(config):
     tokenizer = tokenizer_lib.Tokenizer.load(os.path.join(workdir, tokenizer_lib.FILENAME))
     prompts = [manifest.captions[u] for u in manifest.duplicated_ids]
     conditions = conditions_lib.prompt_conditions(manifest, tokenizer, dataset=config.data.name,
                                                   num=num, prompts=prompts)
-    what = f"the {len(prompts)} memorized captions, cycled"
+    if not prompts:
+      raise ValueError(f"{workdir}: the run has no duplicated image with a unique caption, so no "
+                       f"memorized prompt to study; train with data.num_duplicated_per_class ≥ 1.")
+    what = f"the {len(prompts)} memorized caption{'s' if len(prompts) > 1 else ''}, cycled"
+    alignment_def = "the evaluation classifier's class is that of the image the caption names"
   else:
     mem = conditions_lib.memorized_classes(manifest)
     conditions = conditions_lib.class_conditions(
         manifest, num=num, num_classes=config_lib.unet_config(config).num_classes,
         null_id=null_id, classes=tuple(int(c) for c in mem))
     what = f"memorized classes {mem.tolist()}, alternating"
+    alignment_def = ALIGNMENT_DEF
   options = sampling.options_from_config(config, num=num, seed=seed, batch=chunk)
   shape = (config.data.resolution, config.data.resolution, config.data.channels)
   x_T, key = sampling.shared_noise(options, shape=shape)  # noqa: N806
@@ -472,46 +589,37 @@ def study(workdir: str, *, num: int, w_pre: float, w_post: float, two_pass_s: Se
   if use < num:  # the study runs on the first `use` noises and their conditions
     x_T = x_T[:use]  # noqa: N806
     conditions = _first(conditions, use)
-  clf = classifier_lib.load_or_train_classifier(
-      resolution=config.data.resolution, dataset=config.data.name, seed=0,
-      cache_dir=classifier_cache,
-      settings=classifier_lib.TrainSettings(epochs=config.study.get("classifier_epochs", 15)))
   ctx = evaluation.Context(conditions, subset.unique_images, manifest.is_duplicated, clf, None)
   copied, correct = measure_flags(ctx, sweep.samples)
   out = Outcomes(steps=sweep.steps, t=sweep.t, copied=copied, correct=correct)
   rules = default_detectors(w_pre=w_pre, w_post=w_post)
   k_hat = fire_all(rules, sweep.d_eps, sweep.d_x0, sweep.t, schedule)
   extra, timing = {}, dict(sweep_s=sweep.sample_s)
+  chunks = dict(sweep=sweep.sampled_chunks)
   for s in two_pass_s:
-    path = os.path.join(cache, f"two_pass_s{s:g}_w{w_post:g}_n{num}_use{use}.npz")
-    if os.path.exists(path):
-      with np.load(path) as f:
-        samples, kh, sec = f["samples"], f["k_hat"], float(f["seconds"])
-    else:
-      samples, kh, sec = run_two_pass(run, conditions, x_T, key, s=s, w_post=w_post, chunk=chunk)
-      np.savez(path, samples=samples, k_hat=kh, seconds=sec)
+    samples, kh, sec, fresh = _legacy_arm(cache, f"two_pass_s{s:g}_w{w_post:g}", num, use) or (
+        run_two_pass(run, conditions, x_T, key, s=s, w_post=w_post, chunk=chunk, cache=cache))
     c, a = measure_flags(ctx, samples)
     extra[f"two_pass_s{s:g}"] = (c, a, kh, -s == w_pre)
     timing[f"two_pass_s{s:g}_s"] = sec
+    chunks[f"two_pass_s{s:g}"] = fresh
   if dynamic_w_pre is not None:
     strategy = guidance.DynamicTransition(w_pre=dynamic_w_pre, w_post=w_post)
-    path = os.path.join(cache, f"dynamic_w{dynamic_w_pre:g}_w{w_post:g}_n{num}_use{use}.npz")
-    if os.path.exists(path):
-      with np.load(path) as f:
-        samples, kh, sec = f["samples"], f["k_hat"], float(f["seconds"])
-    else:
-      samples, kh, sec = run_arm(run, conditions, x_T, key, strategy, chunk=chunk)
-      np.savez(path, samples=samples, k_hat=kh, seconds=sec)
+    name = f"dynamic_w{dynamic_w_pre:g}_w{w_post:g}"
+    samples, kh, sec, fresh = _legacy_arm(cache, name, num, use) or (
+        run_arm(run, conditions, x_T, key, strategy, chunk=chunk, cache=cache, name=name))
     c, a = measure_flags(ctx, samples)
     extra[f"authors_dynamic_w_pre{dynamic_w_pre:g}"] = (c, a, kh, dynamic_w_pre == w_pre)
-    timing[f"authors_dynamic_s"] = sec
+    timing["authors_dynamic_s"] = sec
+    chunks["authors_dynamic"] = fresh
   results = analyse(out, k_hat, extra=extra, tolerance=tolerance)
   results.update(
       command=command, workdir=workdir, checkpoint_step=int(step), kind=conditions.kind,
-      conditions=what, w_pre=w_pre, w_post=w_post,
+      conditions=what, alignment_def=alignment_def, w_pre=w_pre, w_post=w_post,
       sampler=dict(sampler=options.sampler, num_steps=options.num_steps, eta=options.eta,
                    spacing=options.spacing, clip_x0=options.clip_x0, seed=seed),
       rules={name: repr(r) for name, r in rules.items()}, timing=timing,
+      sampled_chunks=chunks,
       wall_s=time.perf_counter() - t_start)
   write(results, outdir)
   return results
