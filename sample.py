@@ -34,6 +34,8 @@ STRATEGY_HELP = {
     "opposite": "static with w_pre = -s: opposite guidance before tau (Jain et al.)",
     "dynamic": "per sample: w_post from the first local minimum of d_t (Jain et al.)",
     "dynamic_opposite": "dynamic with w_pre = -s",
+    "peak_drop": "per sample: w_post once d falls to `fraction` of its running peak",
+    "peak_passed": "per sample: w_post once d has set no new peak for `lag` steps",
     "interval": "w inside sigma_t in (sigma_lo, sigma_hi], 1 outside (Kynkaanniemi et al.)",
     "linear": "w rises linearly from w_min (t = T-1) to w_max (t = 0) (Wang et al.)",
     "cosine": "w rises on a cosine from w_min to w_max (Wang et al.)",
@@ -49,8 +51,8 @@ def strategies_help() -> str:
   from minidiff.core import guidance, specs  # noqa: PLC0415 (JAX: only when help is asked for)
 
   lines = ["", "Guidance strategies (name[:param=value...]; defaults shown):"]
-  for name in guidance.STRATEGY_NAMES + guidance.MITIGATION_NAMES:  # the peers' mitigations last
-    params = " ".join(f"{k}={v}" for k, v in guidance.strategy_params(name).items()) or "-"
+  for name in specs.STRATEGY_NAMES + guidance.MITIGATION_NAMES:  # the peers' mitigations last
+    params = " ".join(f"{k}={v}" for k, v in specs.strategy_params(name).items()) or "-"
     lines.append(f"  {name:<17} {params}")
     lines.append(f"  {'':<17} {STRATEGY_HELP.get(name, '')}")
   lines.append("Prompt perturbations (text runs, after '+', e.g. cfg+random_tokens:k=4):")

@@ -48,6 +48,7 @@ def test_sample_help_lists_the_strategies_with_their_parameters_and_defaults():
   assert "opposite          s=2.0 tau=650 w_post=7.5" in out
   assert "random_tokens     k=4" in out
   assert "wen               w=7.5 target=0.07 steps=10 lr=0.1" in out
+  assert "peak_drop         w_pre=0.0 w_post=7.5 measure=x0 fraction=0.5 min_step=2" in out
   assert "--step" in out
 
 

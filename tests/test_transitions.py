@@ -8,6 +8,7 @@ import pytest
 
 from minidiff.core import guidance, samplers, specs, transitions
 from minidiff.core.schedule import linear_schedule
+from minidiff.study import arms as arms_lib
 from minidiff.study import transitions as study_tr
 
 SCHEDULE = linear_schedule(1000)
@@ -67,6 +68,11 @@ def test_rule_specs_parse_to_the_rules_with_their_parameters():
                      ("peak_passed:tau=3", "no parameter"), ("peak_drops", "peak_passed")):
     with pytest.raises(ValueError, match=match):
       specs.parse_guidance(bad, T=1000)
+  # the study's arms: one per value, in the dynamic family
+  assert [(a.label, a.family, a.strategy) for a in arms_lib.parse_arms("peak_drop:fraction=0.3,peak_passed",
+                                                                   T=1000)] == [
+      ("peak_drop:fraction=0.3", "dynamic", transitions.PeakDrop(fraction=0.3)),
+      ("peak_passed", "dynamic", transitions.PeakPassed())]
 
 
 @pytest.mark.parametrize("spec, d, expected", [

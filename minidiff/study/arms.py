@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 FAMILY_OF_STRATEGY = {"none": "cfg", "conditional": "cfg", "cfg": "cfg", "static": "static",
                       "opposite": "opposite", "dynamic": "dynamic",
+                      "peak_drop": "dynamic", "peak_passed": "dynamic",  # per-sample rules
                       "dynamic_opposite": "dynamic_opposite", "interval": "interval",
                       "linear": "ramp", "cosine": "ramp",
                       **{name: name for name in guidance.MITIGATION_NAMES}}
