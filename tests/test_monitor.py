@@ -101,52 +101,55 @@ def test_interrupted_monitored_run_logs_the_same_monitor_values(tiny_config, tmp
   assert _monitor_records(interrupted) == expected  # exactly equal floats
 
 
-def _overfit_config(tiny_config):
-  c = _monitored(tiny_config, every=5, stop_copy_rate=0.0)  # the sampler the other tests compiled
-  c.data.n_unique_per_class = 2
+def _overfit_config(tiny_config, *, stop_copy_rate, steps):
+  # Ten training images, one per class, that a small one-level UNet learns to copy for real:
+  # measured, its class-conditional DDIM samples first copy (ratio test) at step 250, with copy
+  # rates 0.1, 0.2, 0.2, 0.3 at steps 250–400. T = 20 is what makes it fast: the same UNet at
+  # T = 100 (cosine, batch 32, lr 3e-3) copied nothing in 400 steps (ratios ≥ 0.53), nor did the
+  # tiny UNet on these images at 8×8 (400 steps) or 4×4 (lr 1e-2, 300 steps).
+  c = _monitored(tiny_config, every=50, num_samples=10, num_steps=20, stop_copy_rate=stop_copy_rate)
+  c.data.n_unique_per_class = 1
   c.data.num_duplicated_per_class = 0
   c.data.dup_factor = 1
-  c.data.duplicated_classes = ()
-  c.train.steps, c.train.checkpoint_every, c.train.log_every = 40, 100, 100
+  c.data.duplicated_classes = ()  # every image unique: every copy counts towards the stop
+  c.diffusion.schedule, c.diffusion.T = "cosine", 20  # ᾱ(T − 1) ≈ 0: samples start at pure noise
+  c.model.base_channels, c.model.channel_mults, c.model.attention_resolutions = 16, (1,), ()
+  c.train.lr, c.train.batch_size = 5e-3, 64
+  c.train.steps, c.train.checkpoint_every, c.train.log_every = steps, 10_000, 10_000
   return c
 
 
-def test_early_stop_fires_at_the_first_copy_and_leaves_a_resumable_checkpoint(tiny_config, tmp_path,
-                                                                              caplog, monkeypatch):
-  # A model that starts to overfit one training image at its third check (step 15): the real
-  # samples, with sample 0 replaced by that image from then on. (A real tiny run is too slow to
-  # copy for a test: the 45k-parameter UNet copied nothing of 10 images in 600 steps, measured.)
-  c = _overfit_config(tiny_config)
-  real_sample, calls = monitor.Monitor.sample, []
-
-  def overfitting(self, params):
-    samples = np.array(real_sample(self, params))
-    calls.append(len(calls))
-    if len(calls) >= 3:
-      samples[0] = self.unique_images[7] + 1e-3
-    return samples
-
-  monkeypatch.setattr(monitor.Monitor, "sample", overfitting)
+def test_early_stop_fires_when_a_real_run_overfits_and_leaves_a_resumable_checkpoint(tiny_config,
+                                                                                     tmp_path, caplog):
+  threshold, limit = 0.05, 400  # the stop: the first check at which one of the ten samples copies
+  c = _overfit_config(tiny_config, stop_copy_rate=threshold, steps=limit)
   workdir = str(tmp_path)
   with caplog.at_level(logging.INFO, logger="minidiff"):
     state = trainer.train_and_evaluate(c, workdir)
   records = _monitor_records(workdir)
-  assert [s for s, _ in records] == [5, 10, 15] and state.step == 15  # nothing after the stop
-  assert [m["copy_rate_unique"] for _, m in records] == [0.0, 0.0, 1 / 12]
-  assert Checkpointer(workdir).latest_step() == 15
-  assert sum("Early stop at step 15: copy rate on unique (non-duplicated) training images 0.083 > "
-             "config.monitor.stop_copy_rate=0" in r.getMessage() for r in caplog.records) == 1
+  steps, unique = [s for s, _ in records], [m["copy_rate_unique"] for _, m in records]
+  stop = state.step
+  assert stop < limit, f"the run never copied: unique copy rates {unique} at steps {steps}"
+  # It stopped at the first check above the threshold, and trained nothing after it.
+  assert steps == list(range(50, stop + 1, 50))
+  assert all(u <= threshold for u in unique[:-1]) and unique[-1] > threshold
+  assert records[-1][1]["copy_rate"] == unique[-1]  # nothing duplicated: all copies are unique
+  assert Checkpointer(workdir).latest_step() == stop
+  message = (f"Early stop at step {stop}: copy rate on unique (non-duplicated) training images "
+             f"{unique[-1]:.3f} > config.monitor.stop_copy_rate={threshold:g}")
+  assert sum(message in r.getMessage() for r in caplog.records) == 1
   caplog.clear()
   with caplog.at_level(logging.INFO, logger="minidiff"):  # the same command: stopped, nothing to do
-    assert trainer.train_and_evaluate(c, workdir).step == 15
+    assert trainer.train_and_evaluate(c, workdir).step == stop
   assert any("Already stopped early" in r.getMessage() for r in caplog.records)
-  c.monitor.stop_copy_rate = 0.5  # a higher threshold trains on from the early stop's checkpoint
-  c.train.steps = 20
+  assert _monitor_records(workdir) == records
+  c.monitor.stop_copy_rate = 1.0  # never stop: trains on from the early stop's checkpoint
+  c.train.steps = stop + 1
   caplog.clear()
   with caplog.at_level(logging.INFO, logger="minidiff"):
-    assert trainer.train_and_evaluate(c, workdir).step == 20  # 1/12 ≤ 0.5: no stop
-  assert any("Resumed from checkpoint at step 15" in r.getMessage() for r in caplog.records)
-  assert [s for s, _ in _monitor_records(workdir)] == [5, 10, 15, 20]
+    assert trainer.train_and_evaluate(c, workdir).step == stop + 1
+  assert any(f"Resumed from checkpoint at step {stop}" in r.getMessage() for r in caplog.records)
+  assert [s for s, _ in _monitor_records(workdir)] == [*steps, stop + 1]  # the last step is checked
 
 
 def test_tau_mem_is_the_first_monitored_step_above_the_level():
