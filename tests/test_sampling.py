@@ -78,9 +78,9 @@ def test_bad_sample_count_is_an_error_before_loading_the_model(tiny_config, tmp_
     sample_and_study(str(tmp_path), "cfg", classes=(-1,))
 
 
-def test_sampling_a_tiny_run_writes_outputs_and_is_deterministic(tiny_run):
-  workdir = tiny_run
-  out = [os.path.join(workdir, f"s{i}") for i in range(2)]
+def test_sampling_a_tiny_run_writes_outputs_and_is_deterministic(tiny_run, tmp_path):
+  workdir = tiny_run  # shared by every worker: outputs go to tmp_path
+  out = [str(tmp_path / f"s{i}") for i in range(2)]
   for o in out:
     sample_and_study(workdir, "cfg:w=2,dynamic", num=6, batch=4, outdir=o, x0_steps=(0, -1))
   for name in ("seed_0/cfg_w2.npz", "seed_0/cfg_w2_grid.png", "seed_0/dynamic.npz", "results.json",
