@@ -430,7 +430,6 @@ def run_two_pass(run, conditions, x_T: np.ndarray, key, *, s: float, w_post: flo
   """The authors' two-pass opposite-guidance rule on every noise, in cached chunks: (samples,
   k̂ [N], seconds, chunks sampled now)."""
   from minidiff.core import samplers
-  from minidiff.study import sampling
   o = run.options
 
   def fn(params, x, cond, null, k):
@@ -441,17 +440,8 @@ def run_two_pass(run, conditions, x_T: np.ndarray, key, *, s: float, w_post: flo
         num_steps=o.num_steps, eta=o.eta, spacing=o.spacing, clip_x0=o.clip_x0)
     return x0, diag.replace(transition_step=two.transition_step)
 
-  compiled_for = _compile_once(fn)
-
-  def sample(x, cond, k):
-    (out,), _, _ = sampling.sample_in_batches(compiled_for, run.params, x, cond, conditions.null,
-                                              k, batch=chunk, mesh=run.mesh)
-    return dict(samples=out[0], k_hat=out[1]["transition_step"])
-
-  out, seconds, fresh = sample_chunks(
-      f"two_pass_s{s:g}_w{w_post:g}", sample, x_T, conditions.cond, key, chunk=chunk, cache=cache,
-      meta=_run_meta(run, arm="two_pass", s=s, w_post=w_post), axes=dict(samples=0, k_hat=0))
-  return out["samples"], out["k_hat"], seconds, fresh
+  return _sample_arm(fn, run, conditions, x_T, key, name=f"two_pass_s{s:g}_w{w_post:g}",
+                     chunk=chunk, cache=cache, meta=_run_meta(run, arm="two_pass", s=s, w_post=w_post))
 
 
 def run_arm(run, conditions, x_T: np.ndarray, key, strategy, *, chunk: int,  # noqa: N803
@@ -459,7 +449,6 @@ def run_arm(run, conditions, x_T: np.ndarray, key, strategy, *, chunk: int,  # n
   """One guidance strategy on every noise, in cached chunks named `name`: (samples,
   transition_step [N], seconds, chunks sampled now)."""
   from minidiff.core import samplers
-  from minidiff.study import sampling
   o = run.options
 
   def fn(params, x, cond, null, k):
@@ -468,6 +457,15 @@ def run_arm(run, conditions, x_T: np.ndarray, key, strategy, *, chunk: int,  # n
                            sampler=o.sampler, num_steps=o.num_steps, eta=o.eta,
                            spacing=o.spacing, clip_x0=o.clip_x0)
 
+  return _sample_arm(fn, run, conditions, x_T, key, name=name, chunk=chunk, cache=cache,
+                     meta=_run_meta(run, arm=repr(strategy)))
+
+
+def _sample_arm(fn, run, conditions, x_T: np.ndarray, key, *, name: str, chunk: int,  # noqa: N803
+                cache: str, meta: dict) -> tuple[np.ndarray, np.ndarray, float, int]:
+  """Samples the program `fn(params, x, cond, null, k) -> (x0, diagnostics)` on every noise in
+  cached chunks: (samples, transition_step [N], seconds, chunks sampled now)."""
+  from minidiff.study import sampling
   compiled_for = _compile_once(fn)
 
   def sample(x, cond, k):
@@ -475,9 +473,8 @@ def run_arm(run, conditions, x_T: np.ndarray, key, strategy, *, chunk: int,  # n
                                               k, batch=chunk, mesh=run.mesh)
     return dict(samples=out[0], k_hat=out[1]["transition_step"])
 
-  out, seconds, fresh = sample_chunks(
-      name, sample, x_T, conditions.cond, key, chunk=chunk, cache=cache,
-      meta=_run_meta(run, arm=repr(strategy)), axes=dict(samples=0, k_hat=0))
+  out, seconds, fresh = sample_chunks(name, sample, x_T, conditions.cond, key, chunk=chunk,
+                                      cache=cache, meta=meta, axes=dict(samples=0, k_hat=0))
   return out["samples"], out["k_hat"], seconds, fresh
 
 
