@@ -123,10 +123,11 @@ def jax_matmul(args) -> dict:
   return dict(out, gflops=2 * n**3 / dt / 1e9, n=n)
 
 
-def jax_train(args, flops_only: bool = False, *, fused: bool = False):
+def jax_train(args, flops_only: bool = False, *, fused: bool = False, compiler_options: dict | None = None):
   """(step() → None, info): one blocking minidiff training step of the setting, compiled.
 
-  `fused`: the UNet with model.fused_layers=True.
+  `fused`: the UNet with model.fused_layers=True. `compiler_options`: XLA DebugOptions fields by
+  name, for this compilation only (benchmarks/xla_options.py).
   """
   info = _jax_setup()
   import jax
@@ -150,7 +151,7 @@ def jax_train(args, flops_only: bool = False, *, fused: bool = False):
   cost = lowered.cost_analysis()  # the unpartitioned step: all devices together (None on GPU)
   if flops_only:
     return None, dict(info, gflop_per_step=float(cost["flops"]) / 1e9)
-  compiled = lowered.compile()
+  compiled = lowered.compile(compiler_options=compiler_options)
   # XLA:GPU gives no cost for the lowered step and leaves cuDNN convolutions out of the compiled
   # one: there the FLOPs come from a CPU lowering of the same step (`--task flops`).
   flops = float(cost["flops"]) if cost is not None else args.flops * 1e9

@@ -8,7 +8,7 @@ XLA writes the weight gradient of a convolution as another convolution with batc
 swapped, and lays out its input [B, H, W, C] as [C, H, W, B] first. The alternative here computes
 dW[kh, kw, :, :] = Σ_{b,h,w} x_pad[b, h+kh, w+kw, :]ᵀ g[b, h, w, :] as dots contracting (B, H, W),
 which need no transpose, and dx as XLA does (the convolution with the flipped kernel). It prints
-both gradients' times (median of 20 calls, XLA's measured twice, before and after) and the
+both gradients' times (median of 20 calls after a warm-up, XLA's measured twice, before and after) and the
 largest relative difference of the two gradients.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 SHAPES = [(32, 16, 32, 32), (32, 16, 64, 32), (32, 8, 64, 64), (32, 8, 128, 64), (64, 28, 32, 32)]
 
@@ -32,6 +32,8 @@ def main() -> None:
   import jax
   import jax.numpy as jnp
   from jax import lax
+
+  import bench
 
   dn = ("NHWC", "HWIO", "NHWC")
 
@@ -61,14 +63,8 @@ def main() -> None:
 
   conv_dot_grad.defvjp(fwd, bwd)
 
-  def median_ms(f, *a, n=20):
-    jax.block_until_ready(f(*a))
-    ts = []
-    for _ in range(n):
-      t0 = time.perf_counter()
-      jax.block_until_ready(f(*a))
-      ts.append(time.perf_counter() - t0)
-    return sorted(ts)[n // 2] * 1e3
+  def median_ms(f, *a):
+    return 1e3 * bench._time(lambda: jax.block_until_ready(f(*a)), 20)  # noqa: SLF001
 
   print(f"weight gradient as {'nine dots' if args.taps else 'one dot over patches'}")
   for b, s, ci, co in SHAPES:

@@ -3,7 +3,7 @@
     python benchmarks/xla_options.py                      # the default setting, 30 interleaved rounds
     python benchmarks/xla_options.py --setting mnist28 --rounds 20
 
-The step is lowered once and compiled once per option set (`Lowered.compile(compiler_options=…)`,
+The step is compiled once per option set (`Lowered.compile(compiler_options=…)`,
 which takes XLA's DebugOptions fields by name). Each round then runs one step of every variant in a
 rotating order, so a slowdown of this shared machine hits all variants alike; a variant's number
 is the median over rounds of its speed relative to the first variant (the minidiff default) in the
@@ -42,41 +42,15 @@ def main() -> None:
   if os.path.exists(out):
     raise SystemExit(f"{out} exists: pass --out to write elsewhere (results are never overwritten).")
 
-  from minidiff import runtime
-  runtime.configure_cpu()
-  import jax
   import numpy as np
 
   import bench
-  from minidiff.train import sharding, trainer
-  from minidiff.train import state as train_state
-
-  c = bench._config(args.setting)  # noqa: SLF001 (the benchmark's own settings)
-  mesh = sharding.data_mesh()
-  graphdef, state, tx = train_state.init_state(c)
-  b, r, ch = c.train.batch_size, c.data.resolution, c.data.channels
-  rng = np.random.default_rng(0)
-  x, y = sharding.global_batch(mesh, rng.uniform(-1, 1, (b, r, r, ch)).astype(np.float32),
-                               rng.integers(0, 10, b).astype(np.int32))
-  key = sharding.replicate(jax.random.key(0), mesh)
-  lowered = trainer.step_function(c, graphdef, tx, mesh).lower(
-      state.params, state.opt_state, state.ema_params, x, y, key, 0)
-
-  steps = {}
-  for name, options in VARIANTS.items():
-    t0 = time.perf_counter()
-    compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
-    holder = [sharding.replicate(jax.tree.map(lambda v: v.copy(), s), mesh)  # each variant donates its own
-              for s in (state.params, state.opt_state, state.ema_params)]
-
-    def step(compiled=compiled, holder=holder):
-      p_, o_, e_, m = compiled(*holder, x, y, key, 1)
-      holder[:] = [p_, o_, e_]
-      m["loss"].block_until_ready()
-
-    step()
-    print(f"compiled {name!r} in {time.perf_counter() - t0:.1f} s", flush=True)
-    steps[name] = step
+  steps, batch = {}, None
+  for name, options in VARIANTS.items():  # each variant: its own fresh state and compilation
+    steps[name], info = bench.jax_train(argparse.Namespace(setting=args.setting, dtype="float32",
+                                                           flops=float("nan")), compiler_options=options)
+    batch = info["batch"]
+    print(f"compiled {name!r} in {info['compile_s']:.1f} s", flush=True)
 
   names = list(steps)
   seconds = {n: [] for n in names}
@@ -88,7 +62,7 @@ def main() -> None:
     if (i + 1) % 10 == 0:
       print(f"round {i + 1}/{args.rounds}", flush=True)
 
-  ref = names[0]
+  ref, b = names[0], batch
   result = dict(setting=args.setting, batch=b, rounds=args.rounds, xla_flags=os.environ.get("XLA_FLAGS", ""),
                 variants={})
   for n in names:
