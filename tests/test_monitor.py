@@ -64,8 +64,8 @@ def test_monitor_copy_rate_equals_the_study_metric_on_the_same_samples(tiny_run)
   for samples in (study.samples, planted):
     measured = evaluation.measure(ctx, samples)
     got = mon.measure(samples)
-    assert got["copy_rate"] == evaluation.METRICS["copy"].fn(ctx, measured).mean()
-    assert got["copy_rate_duplicated"] == evaluation.METRICS["copy_duplicated"].fn(ctx, measured).mean()
+    assert got["copy_rate"] == evaluation.METRICS["copy_ratio"].fn(ctx, measured).mean()
+    assert got["copy_rate_duplicated"] == evaluation.METRICS["copy_ratio_duplicated"].fn(ctx, measured).mean()
     assert got["copy_rate_unique"] == pytest.approx(got["copy_rate"] - got["copy_rate_duplicated"])
   got = mon.measure(planted)
   # The 6-step model copies nothing, so the planted three are all: 1/12 duplicated, 2/12 unique.

@@ -352,6 +352,75 @@ def bootstrap_interval(statistic: Callable[..., float], *arrays: np.ndarray,
                          num_resamples=num_resamples, confidence=confidence, bias=bias)
 
 
+def cluster_weights(clusters: np.ndarray, *, num_resamples: int = 2000, seed: int
+                    ) -> np.ndarray:
+  """Two-stage cluster bootstrap weights: how often each unit appears in each resample.
+
+  Stage 1 draws the clusters (e.g. memorized images) with replacement; stage 2 draws, within each
+  drawn cluster, its units (e.g. noises) with replacement. A statistic that is a weighted mean
+  over units, Σ wᵢ yᵢ / Σ wᵢ, is then evaluated once per row of the result. With few clusters the
+  interval is wide: two memorized images support a statement about two images.
+
+  Args:
+    clusters: [n] cluster id of each unit (any integers).
+
+  Returns:
+    [num_resamples, n] float64 counts (each row sums to about n).
+  """
+  clusters = np.asarray(clusters).reshape(-1)
+  if clusters.size == 0:
+    raise ValueError("cluster_weights needs at least one unit.")
+  if num_resamples < 2:
+    raise ValueError(f"num_resamples must be at least 2; got {num_resamples}.")
+  ids, inverse = np.unique(clusters, return_inverse=True)
+  members = [np.flatnonzero(inverse == j) for j in range(len(ids))]
+  rng = np.random.Generator(np.random.PCG64(seed))
+  w = np.zeros((num_resamples, clusters.size))
+  for r in range(num_resamples):
+    for j in rng.integers(0, len(ids), size=len(ids)):
+      np.add.at(w[r], members[j][rng.integers(0, len(members[j]), size=len(members[j]))], 1.0)
+  return w
+
+
+def sign_flip_p(unit_diffs: np.ndarray, *, num_draws: int = 10_000, seed: int = 0) -> float:
+  """Two-sided randomisation p-value of mean(unit_diffs) = 0 by flipping each unit's sign.
+
+  Valid for paired data whose units are independent (e.g. one noise, its differences summed over
+  the training seeds that reuse it): under the null the two arms' labels are exchangeable within a
+  unit. Exact (all 2ⁿ flips) for n ≤ 16; else `num_draws` random flips, p = (1 + hits)/(1 + draws).
+  """
+  d = np.asarray(unit_diffs, np.float64).reshape(-1)
+  d = d[d != 0]
+  if d.size == 0:
+    return 1.0
+  observed = abs(d.sum())
+  if d.size <= 16:
+    signs = 1 - 2 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
+    return float(np.mean(np.abs(signs @ d) >= observed - 1e-12))
+  rng = np.random.Generator(np.random.PCG64(seed))
+  hits = 0
+  for start in range(0, num_draws, 1000):
+    signs = rng.choice([-1.0, 1.0], size=(min(1000, num_draws - start), d.size))
+    hits += int(np.sum(np.abs(signs @ d) >= observed - 1e-12))
+  return float((1 + hits) / (1 + num_draws))
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+  """Holm–Bonferroni adjusted p-values (same order; None stays None and is not counted).
+
+  The adjusted p of the k-th smallest of m values is max over j ≤ k of min(1, (m − j + 1) p₍ⱼ₎):
+  reject at level α where the adjusted p ≤ α controls the family-wise error rate.
+  """
+  idx = [i for i, p in enumerate(p_values) if p is not None]
+  out: list[float | None] = [None] * len(p_values)
+  order = sorted(idx, key=lambda i: p_values[i])
+  running, m = 0.0, len(order)
+  for rank, i in enumerate(order):
+    running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+    out[i] = running
+  return out
+
+
 def _number(x: float, digits: int, *, signed: bool = False) -> str:
   """x with `digits` decimals, a real minus sign, no "−0.00", and "+" for positives when signed."""
   text = f"{abs(x):.{digits}f}"

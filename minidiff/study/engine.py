@@ -239,7 +239,10 @@ def _study_one(workdir: str, arm_list: Sequence[arms_lib.Arm], options: StudyOpt
   reference, pool = (classifier_lib.clean_reference(clf, exclude=manifest.source_index)
                      if clf is not None else (None, None))
   near = memorization.near_duplicates(subset.unique_images)
-  ctx = evaluation.Context(conditions, subset.unique_images, manifest.is_duplicated, clf, reference)
+  heldout = inputs.heldout_data(config, manifest)
+  ctx = evaluation.calibrated_context(conditions, subset.unique_images, manifest.label,
+                                      manifest.is_duplicated, heldout, classifier=clf,
+                                      fd_reference=reference)
   arms_out = {}
   for a in arm_list:
     arms_out[a.label] = _evaluate_arm(ctx, dataclasses.replace(ctx, conditions=arm_conditions[a.label]),
@@ -260,7 +263,9 @@ def _study_one(workdir: str, arm_list: Sequence[arms_lib.Arm], options: StudyOpt
                 duplicated_ids=manifest.duplicated_ids.tolist(),
                 near_duplicate_pairs=int(len(near)),
                 memorized_classes=conditions_lib.memorized_classes(manifest).tolist()),
-      conditions=conditions.describe(), arms=arms_out, figures=figs)
+      conditions=conditions.describe(), arms=arms_out, figures=figs,
+      copy_calibration=dict(ctx.calibration.to_json(), n_heldout=int(len(heldout[1]))),
+      applies=evaluation.applies_masks(ctx))
   if clf is not None:
     seed_block["classifier"] = dict(seed=CLASSIFIER_SEED, heldout_accuracy=clf.heldout_accuracy,
                                     n_heldout=int(len(clf.heldout_labels)))
@@ -281,17 +286,16 @@ def _evaluate_arm(ctx: evaluation.Context, arm_ctx: evaluation.Context,
       groups=evaluation.group_rates(arm_ctx, flags),
       flags={k: "".join("1" if v else "0" for v in f) for k, f in flags.items()},
       nn_index=measured.memorization.nn_index[:, 0].tolist(),
+      scores=evaluation.per_sample_scores(measured),
       transition=dict(fired=float(fired.mean()),
                       t_mean=float(t_fired.mean()) if fired.any() else None,
                       t_std=float(t_fired.std()) if fired.any() else None),
       detection=dict(
           auc_mean_d_eps_memorized=evaluation.detection_auc(result.d_eps.mean(axis=0), mem),
           auc_first_d_eps_memorized=evaluation.detection_auc(result.d_eps[0], mem),
-          auc_mean_d_eps_copies=evaluation.detection_auc(result.d_eps.mean(axis=0),
-                                                        measured.memorization.is_copy),
+          auc_mean_d_eps_copies=evaluation.detection_auc(result.d_eps.mean(axis=0), flags["copy"]),
           figures=evaluation.detection_figures(
-              result.d_eps, result.d_x0,
-              dict(memorized=mem, copies=measured.memorization.is_copy))),
+              result.d_eps, result.d_x0, dict(memorized=mem, copies=flags["copy"]))),
       samples_per_s=result.samples_per_s, compile_s=result.compile_s)
   if measured.features is not None and ctx.fd_reference is not None:
     row["fd"] = evaluation.frechet_with_interval(measured.features, ctx.fd_reference, seed=seed,

@@ -108,7 +108,8 @@ def labelled_grid(samples: np.ndarray, conditions: Sequence[str], path: str, *,
         canvas[y - 2:y + ch + 2, x - 2:x] = canvas[y - 2:y + ch + 2, x + cw:x + cw + 2] = (1, 0, 0)
   subset = (f"all {n} samples" if shown == n else
             f"{shown} of {n} samples (the first {max_rows} rows of ≤ {max_per_row})")
-  framed = "red frame: a copy of a training image" if copies is not None else ""
+  framed = ("red frame: a copy of a training image (calibrated metric)" if copies is not None
+            else "")
   heading = [x for x in (title, subset, framed) if x]
   dpi = 100
   label_in = 0.08 * max(len(lbl) for lbl, _ in rows) + 0.3
@@ -130,8 +131,9 @@ def labelled_grid(samples: np.ndarray, conditions: Sequence[str], path: str, *,
   return dict(shown=int(shown), total=int(n), rows=len(rows))
 
 
-def copy_pairs(samples: np.ndarray, training: np.ndarray, titles: Sequence[str], path: str) -> None:
-  """Each copied sample (top) above the training image it copies (bottom)."""
+def copy_pairs(samples: np.ndarray, training: np.ndarray, titles: Sequence[str], path: str, *,
+               bottom: str = "training") -> None:
+  """Each sample (top) above a training image (bottom: the one it copies, or its nearest)."""
   n = len(samples)
   fig, axes = plt.subplots(2, n, figsize=(n * 0.9, 2.1), squeeze=False)
   for i in range(n):
@@ -142,8 +144,25 @@ def copy_pairs(samples: np.ndarray, training: np.ndarray, titles: Sequence[str],
       ax.set_xticks([]), ax.set_yticks([])
     axes[0, i].set_title(titles[i], fontsize=6)
   axes[0, 0].set_ylabel("sample", fontsize=7)
-  axes[1, 0].set_ylabel("training", fontsize=7)
+  axes[1, 0].set_ylabel(bottom, fontsize=7)
   plots.save_figure(fig, path, dpi=100)
+
+
+def copy_audit(samples: np.ndarray, unique_images: np.ndarray, row: Mapping, memorized: np.ndarray,
+               path: str, *, num: int = 20, seed: int = 0) -> np.ndarray:
+  """`num` random memorized-condition samples (top) above their nearest training image by pixel
+  L2 (bottom), titled with the primary copy score (shift-NCC with the named image) and its flag,
+  so a reader can check the metric by eye. Returns the indices shown."""
+  rng = np.random.default_rng(seed)
+  pool = np.flatnonzero(memorized)
+  idx = np.sort(rng.choice(pool, min(num, len(pool)), replace=False))
+  flag = np.frombuffer(row["flags"]["copy"].encode(), np.uint8) == ord("1")
+  score = row["scores"]["target_ncc_shift"]
+  nn = np.asarray(row["nn_index"])
+  titles = [f"{score[i]:.3f}\n{'COPY' if flag[i] else 'no'}" if score[i] is not None else "—"
+            for i in idx]
+  copy_pairs(samples[idx], unique_images[nn[idx]], titles, path, bottom="nearest")
+  return idx
 
 
 def _title(conditions: ConditionSet, i: int, *, width: int = 18) -> str:
@@ -165,7 +184,11 @@ def arm_figures(outdir: str, arms: Sequence, results: Mapping, arm_conditions: M
   mem = conditions.groups["memorized"]
   for arm in arms:
     r, cs = results[arm.label], arm_conditions[arm.label]
-    copies = np.frombuffer(rows[arm.label]["flags"]["copy"].encode(), np.uint8) == ord("1")
+    flags = {k: np.frombuffer(v.encode(), np.uint8) == ord("1") for k, v in rows[arm.label]["flags"].items()}
+    copies = flags["copy"] | flags.get("copy_any", np.zeros_like(flags["copy"]))
+    scores = rows[arm.label].get("scores", {})
+    copied = np.where(flags["copy"], np.asarray(scores.get("target", rows[arm.label]["nn_index"])),
+                      np.asarray(scores.get("ncc_shift_index", rows[arm.label]["nn_index"])))
     labels = [_title(cs, i, width=40) + (" (memorized)" if mem[i] else "") for i in range(len(cs))]
     path = os.path.join(outdir, f"{arm.slug}_grid.png")
     shown = labelled_grid(r.samples, labels, path, copies=copies, title=arm.label,
@@ -174,10 +197,13 @@ def arm_figures(outdir: str, arms: Sequence, results: Mapping, arm_conditions: M
     figs[f"{arm.label}: {what} samples, one condition per row (memorized first; copies framed red)"] = rel(path)
     idx = np.flatnonzero(copies)[:10]
     if len(idx):
-      nn = np.asarray(rows[arm.label]["nn_index"])[idx]
       path = os.path.join(outdir, f"{arm.slug}_copies.png")
-      copy_pairs(r.samples[idx], unique_images[nn], [_title(cs, i) for i in idx], path)
+      copy_pairs(r.samples[idx], unique_images[copied[idx]], [_title(cs, i) for i in idx], path)
       figs[f"{arm.label}: copies beside the training images they copy"] = rel(path)
+    if "target_ncc_shift" in scores and mem.any():
+      path = os.path.join(outdir, f"{arm.slug}_audit.png")
+      copy_audit(r.samples, unique_images, rows[arm.label], mem, path, seed=0)
+      figs[f"{arm.label}: copy audit, 20 random memorized-condition samples"] = rel(path)
     path = os.path.join(outdir, f"{arm.slug}_dt.png")
     plots.plot_d_curves(r.t, r.d_eps, r.transition_step, path, w=r.w,
                         title=f"{arm.label}: d_t and the guidance weight w(t)",

@@ -42,6 +42,58 @@ def diff_cell(d: dict | None) -> str:
   return f"{sign(d['diff'])} [{sign(d['ci'][0])}, {sign(d['ci'][1])}] {stats.format_p(d['p'])}"
 
 
+def ci_only(r: dict | None) -> str:
+  """'[40.2, 53.9]' from a {ci} dict (percent)."""
+  if not r or r.get("ci") is None or r["ci"][0] is None:
+    return "—"
+  return f"[{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]"
+
+
+def copy_sentence(seed: dict) -> str:
+  """What `copy` means in this results file, with its thresholds."""
+  cal = seed.get("copy_calibration")
+  if not cal:
+    return "Copy = ratio test ‖x−NN₁‖/‖x−NN₂‖ < 1/3 against the de-duplicated training set."
+  p = cal["primary"]
+  th = ", ".join(f"image {u}: {t:.3f}" for u, t in p["thresholds"].items())
+  return (f"Copy (the primary metric, chosen by the known-answer benchmark in "
+          f"docs/results/copy_benchmark/) = the sample's normalised cross-correlation with the "
+          f"training image its condition names, best over ±1-pixel shifts, above that image's "
+          f"threshold: the value at most {100 * p['fpr']:.0f}% of the real held-out images of its "
+          f"class exceed ({th}; {cal['n_heldout']} held-out images in all). \"Copy of any image\" "
+          f"asks the same of the most correlated training image with per-class thresholds; the "
+          f"ratio test ‖x−NN₁‖/‖x−NN₂‖ < 1/3 is kept as a column. Per-sample scores are in "
+          f"results.json (`scores`).")
+
+
+def question_lines(s: dict) -> list[str]:
+  """The clustered tests, one table per question, Holm-adjusted within it."""
+  if "questions" not in s:
+    return []
+  u = s.get("units", {})
+  lines = ["## Questions (clustered; Holm within each question)", "",
+           f"Units: {u.get('memorized_clusters')} memorized image(s) and the noises within them "
+           f"({u.get('clusters')} clusters in all: named images, or the requested class where a "
+           f"condition names none); intervals from a two-stage bootstrap over clusters then "
+           f"noises ({u.get('bootstrap_resamples')} resamples), p from sign flips over noises "
+           f"(their differences summed over seeds), directions per seed. Equal alignment: "
+           f"{s['equal_alignment']['rule']}.", ""]
+  for q in s["questions"].values():
+    lines += [f"**{q['question']}** ({q['n_tests']} tests)", "",
+              "| arm | Δ (pts) | 95% (clustered) | p | p (Holm) | per seed |", "|---|---|---|---|---|---|"]
+    for label, t in q["tests"].items():
+      sign = lambda x: f"{100 * x:+.1f}".replace("-", M)  # noqa: E731
+      lines.append(f"| `{label}` | {sign(t['diff'])} | [{sign(t['ci'][0])}, {sign(t['ci'][1])}] | "
+                   f"{stats.format_p(t['p'])} | {stats.format_p(t['p_holm'])} | "
+                   f"{t.get('directions', '—')} |")
+    lines.append("")
+  outside = [k for k, v in s["equal_alignment"]["arms"].items() if v and v.get("diff") is None]
+  if outside:
+    lines += ["Outside the CFG curve's alignment range (no comparison): "
+              + ", ".join(f"`{k}`" for k in outside) + ".", ""]
+  return lines
+
+
 def fd_cell(fd: dict | None) -> str:
   if not fd:
     return "—"
@@ -128,12 +180,14 @@ def render(results: dict) -> str:
       f"duplicated ×{d['dup_factor']} (memorized classes {d['memorized_classes']}). "
       f"EMA weights, effective decay {first['ema']['effective_decay']:.4f} at the checkpoint "
       f"(configured {first['ema']['decay']}; warm-up min(decay, (1+step)/(10+step))).", "",
-      "Copy = ratio test ‖x−NN₁‖/‖x−NN₂‖ < 1/3 against the de-duplicated training set. Alignment = "
-      "class accuracy of a fixed evaluation classifier"
+      copy_sentence(first), "",
+      "Alignment = class accuracy of a fixed evaluation classifier"
       + (f" (seed {first['classifier']['seed']}, held-out accuracy "
          f"{100 * first['classifier']['heldout_accuracy']:.1f}%)" if "classifier" in first else "")
-      + ". Intervals are 95% (Wilson for rates, Newcombe for paired differences, bootstrap for FD); "
-      "p is the exact McNemar test on the same noises; rates pool the seeds' samples.", ""]
+      + ". Intervals in the tables are 95% (Wilson for rates, Newcombe for paired differences, "
+      "bootstrap for FD), p the exact McNemar test on the same noises, pooling the seeds' samples "
+      "as if independent; the clustered statistics and the questions below treat memorized images "
+      "and noises as the units instead, and only they support a claim.", ""]
   if fd_floor:
     f0 = fd_floor[0]
     lines += [f"FD: penultimate classifier features against {f0['n_reference']} real held-out "
@@ -162,11 +216,13 @@ def render(results: dict) -> str:
                    f"{diff_cell(vs.get('alignment'))} | {speed_cell(seeds, row['arm'])} |")
     lines += ["", "![frontier](frontier.png)", ""]
   base = s["baseline"]
+  lines += question_lines(s)
   lines += [
       f"## Every arm (paired against `{base}`)", "",
-      "| arm | family | copy, memorized | seeds mean ± sd | copy, other | copy of named image | "
-      "class acc. | FD | Δcopy (pts) | Δacc. (pts) | transition t (fired) | samples/s |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+      "| arm | family | copy, memorized | clustered 95% | seeds mean ± sd | copy of any image, "
+      "other | ratio test, memorized | class acc. | FD | Δcopy (pts) | Δacc. (pts) | "
+      "transition t (fired) | samples/s |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for a in results["arms"]:
     label = a["label"]
     r = s["arms"][label]
@@ -174,8 +230,9 @@ def render(results: dict) -> str:
     trs = "—" if tr["t_mean"] is None else f"{tr['t_mean']:.0f} ± {tr['t_std']:.0f} ({100 * tr['fired']:.0f}%)"
     vs = r["vs_baseline"]
     lines.append(
-        f"| `{label}` | {r['family']} | {pct_ci(r['copy_memorized'])} | {seed_cell(r['copy_memorized'])} | "
-        f"{pct_ci(r['copy_other'])} | {pct_ci(r['copy_target'])} | {pct_ci(r['alignment'])} | "
+        f"| `{label}` | {r['family']} | {pct_ci(r['copy_memorized'])} | "
+        f"{ci_only((r.get('clustered') or {}).get('copy_memorized'))} | {seed_cell(r['copy_memorized'])} | "
+        f"{pct_ci(r['copy_other'])} | {pct_ci(r.get('copy_ratio_memorized'))} | {pct_ci(r['alignment'])} | "
         f"{fd_cell(r['fd'])} | {diff_cell(vs['copy']) if label != base else 'baseline'} | "
         f"{diff_cell(vs['alignment']) if label != base else 'baseline'} | {trs} | {speed_cell(seeds, label)} |")
   if len(seeds) > 1:

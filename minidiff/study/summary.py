@@ -7,7 +7,13 @@ Pure functions of the results dict, so a report is regenerated from a committed 
   * per arm vs the baseline arm: the paired difference (Newcombe interval) and exact McNemar p,
     per seed and pooled over seeds, for copying and for alignment;
   * the memorization–alignment frontier: per family its Pareto front and, at alignment within
-    `tolerance` of the best CFG arm, its least-copying arm, paired against CFG's at that alignment.
+    `tolerance` of the best CFG arm, its least-copying arm, paired against CFG's at that alignment;
+  * the clustered statistics (`minidiff.study.clustered`): intervals from a bootstrap over
+    memorized images × noises, sign-flip p-values over noises, per-seed directions, and every arm
+    against the CFG curve at equal alignment; Holm-adjusted within each question (`questions`).
+
+The copy flag is `copy` (the calibrated primary metric) where results.json has it; results
+written before it existed fall back to the ratio test under its old name.
 """
 from __future__ import annotations
 
@@ -16,10 +22,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from minidiff.metrics import stats
-from minidiff.study import frontier
+from minidiff.study import clustered, frontier
 
 COPY = ("memorized", "copy")  # (group, metric): the copy rate on memorized conditions
 ALIGNMENT = ("all", "class_correct")  # alignment: class accuracy over every sample with a class
+QUESTIONS = {  # name → what is tested; Holm's correction runs within each
+    "copy_vs_baseline": "does the arm copy more or less than the baseline (memorized conditions)?",
+    "alignment_vs_baseline": "is the arm's class accuracy different from the baseline's?",
+    "copy_at_equal_alignment": "does the arm copy less than the CFG curve at its own alignment?",
+}
 
 
 def choose_baseline(arms: Sequence[tuple[str, str, Any]], requested: str | None) -> str:
@@ -44,8 +55,12 @@ def flags_of(seed: dict, label: str, group: str, metric: str) -> np.ndarray:
     where = np.ones(len(flags), bool)
   else:
     where = np.frombuffer(groups[group].encode(), np.uint8) == ord("1")
-  applies = (np.asarray(seed["conditions"]["requested_class"]) >= 0) if metric == "class_correct" \
-      else np.ones(len(flags), bool)
+  if metric in seed.get("applies", {}):
+    applies = np.frombuffer(seed["applies"][metric].encode(), np.uint8) == ord("1")
+  elif metric == "class_correct":  # results.json written before the `applies` masks
+    applies = np.asarray(seed["conditions"]["requested_class"]) >= 0
+  else:
+    applies = np.ones(len(flags), bool)
   return flags[where & applies]
 
 
@@ -85,24 +100,89 @@ def fd_summary(results: dict, label: str) -> dict[str, Any] | None:
               floor_mean=float(np.mean(floors)) if floors else None)
 
 
+def _calibrated(results: dict) -> bool:
+  return all("copy_any" in s["arms"][a["label"]]["flags"] for s in results["seeds"]
+             for a in results["arms"])
+
+
 def summarize(results: dict, *, tolerance: float = 0.03) -> dict[str, Any]:
   """Every arm's pooled rates, paired tests against the baseline, and the frontier (JSON-ready)."""
   baseline = results["baseline"]
+  calibrated = _calibrated(results)
+  ratio = "copy_ratio" if calibrated else "copy"
+  other = ("other", "copy_any") if calibrated else ("other", "copy")
+  u = clustered.units(results)
   arms = {}
   for a in results["arms"]:
     label = a["label"]
     arms[label] = dict(
         family=a["family"],
         copy_memorized=pooled_rate(results, label, *COPY),
-        copy_other=pooled_rate(results, label, "other", "copy"),
-        copy_target=pooled_rate(results, label, "memorized", "copy_target"),
+        copy_other=pooled_rate(results, label, *other),
+        copy_any_memorized=pooled_rate(results, label, "memorized", "copy_any" if calibrated
+                                       else "copy"),
+        copy_ratio_memorized=pooled_rate(results, label, "memorized", ratio),
+        copy_target=pooled_rate(results, label, "memorized",
+                                "copy" if calibrated else "copy_target"),
         alignment=pooled_rate(results, label, *ALIGNMENT),
         alignment_memorized=pooled_rate(results, label, "memorized", "class_correct"),
         fd=fd_summary(results, label),
         vs_baseline=dict(copy=paired(results, label, baseline, *COPY),
-                         alignment=paired(results, label, baseline, *ALIGNMENT)))
-  out = dict(baseline=baseline, tolerance=tolerance, n_seeds=len(results["seeds"]), arms=arms)
+                         alignment=paired(results, label, baseline, *ALIGNMENT)),
+        clustered=dict(copy_memorized=clustered.rate(results, u, label, *COPY),
+                       alignment=clustered.rate(results, u, label, *ALIGNMENT),
+                       copy_vs_baseline=(clustered.paired(results, u, label, baseline, *COPY)
+                                         if label != baseline else None),
+                       alignment_vs_baseline=(clustered.paired(results, u, label, baseline,
+                                                               *ALIGNMENT)
+                                              if label != baseline else None)))
+  out = dict(baseline=baseline, tolerance=tolerance, n_seeds=len(results["seeds"]), arms=arms,
+             copy_metric="copy (calibrated, primary)" if calibrated else "copy (ratio test)",
+             units=dict(clusters=int(len(np.unique(u.clusters))),
+                        memorized_clusters=int(len(np.unique(u.clusters[u.groups["memorized"]])))
+                        if "memorized" in u.groups else None,
+                        bootstrap_resamples=int(u.weights.shape[0])))
   out["frontier"] = _frontier(results, arms, tolerance)
+  out["equal_alignment"] = _equal_alignment(results, u)
+  out["questions"] = _questions(arms, out["equal_alignment"])
+  return out
+
+
+def _cfg_curve(results: dict) -> list[str]:
+  return [a["label"] for a in results["arms"] if a["family"] == "cfg"]
+
+
+def _equal_alignment(results: dict, u: clustered.Units) -> dict[str, Any]:
+  """Every arm outside the CFG family against the CFG curve at its own alignment."""
+  cfg = _cfg_curve(results)
+  out = {}
+  for a in results["arms"]:
+    if a["family"] != "cfg":
+      out[a["label"]] = clustered.equal_alignment(results, u, a["label"], cfg, copy=COPY,
+                                                  alignment=ALIGNMENT)
+  return dict(rule="CFG family's copy rate (memorized conditions), piecewise linear in class "
+                   "accuracy over its arms sorted by accuracy, at the arm's accuracy; Δ = arm − "
+                   "curve, two-stage cluster-bootstrap interval and p", cfg_arms=cfg, arms=out)
+
+
+def _questions(arms: dict, equal: dict) -> dict[str, Any]:
+  """Each question's tests, with Holm-adjusted p-values within the question."""
+  out = {}
+  for q, key in (("copy_vs_baseline", "copy_vs_baseline"),
+                 ("alignment_vs_baseline", "alignment_vs_baseline")):
+    tests = {label: r["clustered"][key] for label, r in arms.items() if r["clustered"][key]}
+    adjusted = stats.holm([t["p"] for t in tests.values()])
+    out[q] = dict(question=QUESTIONS[q], n_tests=len(tests),
+                  tests={label: dict(diff=t["diff"], ci=t["ci"], p=t["p"], p_holm=ph,
+                                     directions=t["directions"])
+                         for (label, t), ph in zip(tests.items(), adjusted)})
+  tests = {label: t for label, t in equal["arms"].items() if t and t.get("p") is not None}
+  adjusted = stats.holm([t["p"] for t in tests.values()])
+  out["copy_at_equal_alignment"] = dict(
+      question=QUESTIONS["copy_at_equal_alignment"], n_tests=len(tests),
+      tests={label: dict(diff=t["diff"], ci=t["ci"], p=t["p"], p_holm=ph,
+                         alignment=t["alignment"], cfg_copy_at_alignment=t["cfg_copy_at_alignment"])
+             for (label, t), ph in zip(tests.items(), adjusted)})
   return out
 
 

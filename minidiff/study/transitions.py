@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 OFFSETS = (0, 1, 2, 3, 5, 8)  # j of the oracle at k* + j
 WITHIN = 2  # "within ±2 steps"
-COPY_DEF = "ratio test ‖x−NN₁‖/‖x−NN₂‖ < 1/3 on the de-duplicated training set"
+COPY_DEF = ("the study's calibrated copy flag: shift-NCC with the named training image above its "
+            "threshold at 1% false positives on real held-out images of its class")
 ALIGNMENT_DEF = "the evaluation classifier's class is the requested one"
 
 
@@ -586,7 +587,9 @@ def study(workdir: str, *, num: int, w_pre: float, w_post: float, two_pass_s: Se
   if use < num:  # the study runs on the first `use` noises and their conditions
     x_T = x_T[:use]  # noqa: N806
     conditions = _first(conditions, use)
-  ctx = evaluation.Context(conditions, subset.unique_images, manifest.is_duplicated, clf, None)
+  ctx = evaluation.calibrated_context(conditions, subset.unique_images, manifest.label,
+                                      manifest.is_duplicated, inputs.heldout_data(config, manifest),
+                                      classifier=clf)
   copied, correct = measure_flags(ctx, sweep.samples)
   out = Outcomes(steps=sweep.steps, t=sweep.t, copied=copied, correct=correct)
   rules = default_detectors(w_pre=w_pre, w_post=w_post)

@@ -23,6 +23,20 @@ def load_training_data(config: ml_collections.ConfigDict) -> DuplicatedSubset:
   return subset
 
 
+def heldout_data(config: ml_collections.ConfigDict, manifest, *, per_class: int = 1000,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Real images of the source dataset that the run did not train on (at most `per_class` of
+  each class, a seeded draw): (images [H, ...], labels [H]). They calibrate the copy thresholds."""
+  d = config.data
+  source = data_lib.load_dataset(d.name, data_dir=d.data_dir or None, resolution=d.resolution)
+  rest = np.setdiff1d(np.arange(len(source.labels)), np.asarray(manifest.source_index))
+  rng = np.random.default_rng(seed)
+  keep = np.concatenate([rng.permutation(rest[source.labels[rest] == c])[:per_class]
+                         for c in np.unique(source.labels[rest])])
+  keep.sort()
+  return source.images[keep], source.labels[keep]
+
+
 def null_condition(config: ml_collections.ConfigDict) -> int | np.ndarray:
   """The null condition of CFG: the null class id, or a text model's empty caption [max_tokens]."""
   unet = config_lib.unet_config(config)
