@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from minidiff import config as config_lib  # noqa: E402
 from minidiff.metrics import copy_benchmark as cb  # noqa: E402
+from minidiff.metrics import classifier as classifier_lib  # noqa: E402
 from minidiff.metrics import copy_detection as cd  # noqa: E402
 from minidiff.study import copy_benchmark as study_cb  # noqa: E402
 from minidiff.train import inputs  # noqa: E402
@@ -98,6 +99,7 @@ def main() -> int:
   p.add_argument("--out", required=True)
   p.add_argument("--per_class", type=int, default=20, help="unique training images per class")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--no_features", action="store_true", help="skip the classifier-feature score")
   args = p.parse_args()
   if os.path.exists(os.path.join(args.out, "results.json")):
     print(f"{args.out} already holds a benchmark: pass another --out (nothing is overwritten).",
@@ -125,9 +127,15 @@ def main() -> int:
     extra = study_cb.control_samples(args.control, sorted(named_of_class), named_of_class)
   copy_distance = (study_cb.model_copy_distance(args.study, subset.unique_images)
                    if args.study else None)
+  features_fn = None
+  if not args.no_features:  # the evaluation classifier's penultimate features (cached)
+    clf = classifier_lib.load_or_train_classifier(
+        resolution=config.data.resolution, dataset=config.data.name, seed=0,
+        settings=classifier_lib.TrainSettings(epochs=config.study.get("classifier_epochs", 15)))
+    features_fn = clf.features
   result = cb.run_benchmark(subset.unique_images, man.label, man.is_duplicated, heldout,
                             heldout_labels, positives=positives, extra_negatives=extra,
-                            seed=args.seed, copy_distance=copy_distance)
+                            features_fn=features_fn, seed=args.seed, copy_distance=copy_distance)
   command = "python scripts/copy_benchmark.py " + " ".join(sys.argv[1:])
   result.update(command=command, wall_s=time.perf_counter() - t0, data=config.data.name,
                 resolution=int(config.data.resolution), primary=cd.PRIMARY_NAMED,

@@ -44,11 +44,26 @@ def test_class_study_over_two_seeds_writes_one_schema(tiny_run, tiny_run_seed1, 
   assert {"value", "ci", "n", "n_reference"} <= set(seed["arms"]["cfg:w=3"]["fd"])
   assert seed["fd_floor"]["n"] == 8
   assert seed["ema"]["effective_decay"] == pytest.approx(min(0.999, 7 / 16))  # step 6
+  # The calibrated copy flag and the per-sample scores a reader re-thresholds without the .npz.
+  cal = seed["copy_calibration"]["primary"]
+  assert cal["score"] == "ncc_named_shift" and set(cal["thresholds"]) == {
+      str(t) for t in seed["conditions"]["target_image"] if t >= 0}
+  row = seed["arms"]["cfg:w=3"]
+  scores = row["scores"]
+  assert len(scores["nn1_distance"]) == len(scores["target_ncc_shift"]) == 8
+  mem = [t >= 0 for t in seed["conditions"]["target_image"]]
+  rethresholded = ["1" if m and s > cal["thresholds"][str(t)] else "0" for m, s, t in zip(
+      mem, [v if v is not None else -2 for v in scores["target_ncc_shift"]],
+      seed["conditions"]["target_image"])]
+  assert "".join(rethresholded) == row["flags"]["copy"]
+  assert seed["applies"]["copy"] == "".join("1" if m else "0" for m in mem)
+  assert {"copy_vs_baseline", "alignment_vs_baseline", "copy_at_equal_alignment"} <= set(
+      results["summary"]["questions"])
   for name in ("results.json", "report.md", "frontier.png", "seed_0/cfg_w3_grid.png",
                "seed_1/static_tau30.npz", "seed_1/results.json", "seed_1/report.md"):
     assert os.path.exists(os.path.join(out, name)), name
   text = open(os.path.join(out, "report.md")).read()
-  assert text.index("## Frontier") < text.index("## Every arm")
+  assert text.index("## Frontier") < text.index("## Questions") < text.index("## Every arm")
   # The report is regenerated from results.json alone, identically.
   assert report.main(["report", os.path.join(out, "results.json")]) == 0
   assert open(os.path.join(out, "report.md")).read() == text

@@ -70,3 +70,28 @@ def test_transition_histogram_bars_sit_side_by_side(monkeypatch):
   left = sorted(p.get_x() for p in bars)
   assert left[1] - left[0] >= min(p.get_width() for p in bars) - 1e-9  # no overlap
   assert "never: 10/30" in " ".join(t.get_text() for t in figs[0].axes[0].get_legend().get_texts())
+
+
+def test_copy_audit_shows_twenty_memorized_samples_with_their_scores(tmp_path):
+  rng = np.random.default_rng(0)
+  samples = rng.uniform(-1, 1, (30, 8, 8, 1)).astype(np.float32)
+  unique = rng.uniform(-1, 1, (5, 8, 8, 1)).astype(np.float32)
+  memorized = np.arange(30) < 24
+  row = dict(flags=dict(copy="1" * 10 + "0" * 20), nn_index=[i % 5 for i in range(30)],
+             scores=dict(target_ncc_shift=[0.5] * 24 + [None] * 6))
+  shown = figures.copy_audit(samples, unique, row, memorized, str(tmp_path / "a.png"))
+  assert len(shown) == 20 and memorized[shown].all() and len(set(shown.tolist())) == 20
+  assert Image.open(tmp_path / "a.png").size[0] > 0
+
+
+def test_cohen_kappa_closed_forms():
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).parents[1] / "scripts" / "eye_check.py"
+  spec = importlib.util.spec_from_file_location("eye_check", path)
+  eye = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(eye)
+  a = np.array([1, 1, 0, 0], bool)
+  assert eye.cohen_kappa(a, a) == 1.0 and eye.cohen_kappa(a, ~a) == -1.0
+  # p_o = 3/4, p_e = ½·¾ + ½·¼ = ½ → κ = (¾ − ½)/(1 − ½) = ½
+  assert eye.cohen_kappa(a, np.array([1, 1, 1, 0], bool)) == 0.5

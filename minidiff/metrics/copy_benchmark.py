@@ -322,9 +322,9 @@ def _named_metric(name, unique_images, labels, heldout_images, heldout_labels, f
              by_kind=_by_kind(positives, detected),
              within_copy_distance=_within(detected, pos_dist, pos_class, copy_distance),
              extra_negatives={})
-  for k, e in extra.items():
+  for k, e in extra.items():  # e: the scores of extra_negatives[k] (targets set)
     has = e.target >= 0
-    theta = np.full(len(e.labels), np.inf)
+    theta = np.full(len(e), np.inf)
     for u in np.unique(e.target[has]):
       if int(u) not in thresholds:  # the memorized image is always a source: choose_sources
         rows = heldout_labels == int(labels[u])

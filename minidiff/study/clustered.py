@@ -11,8 +11,10 @@ are correlated. So, from results.json's per-sample flags:
     randomisation p-value over noises (each noise's difference summed over the seeds), and the
     direction of every seed beside it;
   * "equal alignment" is a rule fixed before any run: the CFG family's copy rate interpolated
-    (piecewise linear in alignment, over the CFG arms sorted by alignment) at the arm's alignment;
-    Δ = arm's copy rate − that value, bootstrap interval and p from the same resamples. Arms
+    (piecewise linear in alignment, over the CFG arms sorted by alignment; CFG arms of equal
+    alignment count once, with the lowest copy rate among them) at the arm's alignment;
+    Δ = arm's copy rate − that value, bootstrap interval and p from the same resamples, and the
+    same rule on each seed alone for its direction ("?": outside that seed's curve). Arms
     outside the CFG curve's alignment range get no comparison.
 Holm's correction is applied within each question by `minidiff.study.summary`.
 """
@@ -126,12 +128,12 @@ def paired(results: dict, u: Units, label: str, baseline: str, group: str, metri
 
 
 def _curve_at(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> np.ndarray:
-  """Piecewise-linear y(x) through the points sorted by x, at `at`; NaN outside [min x, max x].
-  x, y: [P, B]; at: [B]."""
+  """Piecewise-linear y(x) through the points sorted by x, at `at`; NaN outside [min x, max x];
+  points of equal x count once, with their smallest y. x, y: [P, B]; at: [B]."""
   out = np.full(at.shape, np.nan)
   for b in range(at.shape[0]):
-    order = np.argsort(x[:, b], kind="stable")
-    xs, ys = x[order, b], y[order, b]
+    xs = np.unique(x[:, b])  # CFG arms of equal alignment: the least copying one (favours CFG)
+    ys = np.asarray([y[x[:, b] == v, b].min() for v in xs])
     if xs[0] <= at[b] <= xs[-1]:
       out[b] = np.interp(at[b], xs, ys)
   return out
@@ -159,10 +161,24 @@ def equal_alignment(results: dict, u: Units, label: str, cfg_labels: Sequence[st
   if not np.isfinite(at):
     return dict(arm=label, alignment=arm[0][1], copy=arm[0][0], cfg_copy_at_alignment=None,
                 note="outside the CFG curve's alignment range: no comparison")
+  per_seed = []
+  for k in range(u.n_seeds):  # the same rule on each seed's flags alone
+    def point(lbl):
+      c, al = flag_matrix(results, lbl, copy[1]), flag_matrix(results, lbl, alignment[1])
+      wc, wa = u.groups[copy[0]] & c[1], u.groups[alignment[0]] & al[1]
+      return c[0][k][wc].mean(), al[0][k][wa].mean()
+    a_pt, c_pts = point(label), [point(c) for c in cfg_labels
+                                 if flag_matrix(results, c, copy[1]) is not None]
+    v = _curve_at(np.asarray([[p[1]] for p in c_pts]), np.asarray([[p[0]] for p in c_pts]),
+                  np.asarray([a_pt[1]]))[0]
+    per_seed.append(float(a_pt[0] - v) if np.isfinite(v) else None)
+  directions = "".join("?" if d is None else "+" if d > 0 else "−" if d < 0 else "0"
+                       for d in per_seed)
   boot_cfg = _curve_at(np.stack([c[2] for c in curve]), np.stack([c[1] for c in curve]), arm[2])
   delta = arm[1] - boot_cfg
   ok = delta[np.isfinite(delta)]
   p = min(1.0, 2 * min((1 + np.sum(ok <= 0)) / (1 + ok.size), (1 + np.sum(ok >= 0)) / (1 + ok.size)))
   return dict(arm=label, alignment=arm[0][1], copy=arm[0][0], cfg_copy_at_alignment=float(at),
-              diff=float(arm[0][0] - at), ci=_interval(delta), p=float(p),
+              diff=float(arm[0][0] - at), ci=_interval(delta), p=float(p), per_seed=per_seed,
+              directions=directions,
               n_resamples_inside=int(ok.size), cfg_arms=list(cfg_labels))

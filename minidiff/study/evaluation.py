@@ -71,7 +71,7 @@ def measure(ctx: Context, samples: np.ndarray) -> Measured:
   return Measured(mem, ctx.classifier.predict(samples), ctx.classifier.features(samples), scores)
 
 
-def per_sample_scores(measured: Measured, *, digits: int = 4) -> dict[str, list]:
+def per_sample_scores(measured: Measured, *, digits: int = 6) -> dict[str, list]:
   """JSON-ready per-sample scores, so a reader can re-threshold without the .npz files: NN₁ / NN₂
   (pixel L2) and their indices, the named image's L2 and shift-NCC, the most correlated image."""
   def r(x):

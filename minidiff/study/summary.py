@@ -161,7 +161,8 @@ def _equal_alignment(results: dict, u: clustered.Units) -> dict[str, Any]:
       out[a["label"]] = clustered.equal_alignment(results, u, a["label"], cfg, copy=COPY,
                                                   alignment=ALIGNMENT)
   return dict(rule="CFG family's copy rate (memorized conditions), piecewise linear in class "
-                   "accuracy over its arms sorted by accuracy, at the arm's accuracy; Δ = arm − "
+                   "accuracy over its arms sorted by accuracy (arms of equal accuracy: the least "
+                   "copying), at the arm's accuracy; Δ = arm − "
                    "curve, two-stage cluster-bootstrap interval and p", cfg_arms=cfg, arms=out)
 
 
@@ -181,7 +182,8 @@ def _questions(arms: dict, equal: dict) -> dict[str, Any]:
   out["copy_at_equal_alignment"] = dict(
       question=QUESTIONS["copy_at_equal_alignment"], n_tests=len(tests),
       tests={label: dict(diff=t["diff"], ci=t["ci"], p=t["p"], p_holm=ph,
-                         alignment=t["alignment"], cfg_copy_at_alignment=t["cfg_copy_at_alignment"])
+                         alignment=t["alignment"], cfg_copy_at_alignment=t["cfg_copy_at_alignment"],
+                         directions=t["directions"])
              for (label, t), ph in zip(tests.items(), adjusted)})
   return out
 
