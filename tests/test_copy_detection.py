@@ -84,3 +84,24 @@ def test_primary_metric_finds_the_known_copies_at_one_percent_false_positives(de
   # Why the ratio test was replaced: on the same known copies it misses many more.
   assert r["metrics"]["ratio"]["within_copy_distance"]["all"]["tpr"] < primary[
       "within_copy_distance"]["all"]["tpr"] - 0.2
+
+
+def test_a_class_with_several_duplicates_names_them_all_and_a_copy_of_any_counts(default_data):
+  import dataclasses
+  from minidiff.study import conditions as conditions_lib
+  from minidiff.study import evaluation
+  subset, heldout = default_data
+  man = subset.manifest
+  dup = man.is_duplicated.copy()
+  second = int(np.flatnonzero((man.label == 0) & ~dup)[0])
+  dup[second] = True  # class 0 now names two images
+  man2 = dataclasses.replace(man, is_duplicated=dup)
+  cs = conditions_lib.class_conditions(man2, num=6, num_classes=10, null_id=10, classes=(0, 0, 1))
+  first = int(np.flatnonzero(dup & (man.label == 0))[0])
+  assert cs.named_images.shape == (6, 2) and cs.target_image[0] == first
+  assert set(cs.named_images[0].tolist()) == {first, second} and cs.named_images[2, 1] == -1
+  ctx = evaluation.calibrated_context(cs, subset.unique_images, man.label, dup, heldout)
+  samples = subset.unique_images[[second, first, man.duplicated_ids[1], 5, 6, 7]]
+  m = evaluation.measure(ctx, samples)
+  assert m.scores.target[:3].tolist() == [second, first, int(man.duplicated_ids[1])]
+  assert evaluation.flags(ctx, m)["copy"][:3].all()  # a copy of either named image counts

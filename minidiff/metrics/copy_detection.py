@@ -273,6 +273,24 @@ def named_targets(query_labels: np.ndarray, named_of_class: Mapping[int, int]) -
   return np.asarray([named_of_class.get(int(c), -1) for c in np.asarray(query_labels)], np.int64)
 
 
+def choose_named(samples: np.ndarray, unique_images: np.ndarray, named: np.ndarray, *,
+                 thresholds: Mapping[int, float], score: str = PRIMARY_NAMED) -> np.ndarray:
+  """[M] for each sample, the one of its named images [M, K] (−1 padded) it is most a copy of:
+  the largest margin score − θ_u (K = 1: the named image itself)."""
+  named = np.asarray(named, np.int64)
+  if named.ndim == 1 or named.shape[1] == 1:
+    return named.reshape(-1)
+  samples = np.asarray(samples, np.float32)
+  best = np.full(named.shape[0], -np.inf)
+  out = named[:, 0].copy()
+  for u in np.unique(named[named >= 0]):
+    rows = np.flatnonzero((named == u).any(axis=1))
+    margin = named_scores(score, samples[rows], unique_images[u]) - thresholds[int(u)]
+    better = margin > best[rows]
+    out[rows[better]], best[rows[better]] = u, margin[better]
+  return out
+
+
 def named_scores(name: str, images: np.ndarray, image: np.ndarray) -> np.ndarray:
   """[N] named score `name` (NAMED) of images [N, ...] against ONE training image [...]."""
   images = np.asarray(images, np.float32)

@@ -37,6 +37,9 @@ class ConditionSet:
     target_image: [N] int, unique-image id of the training image the condition names (−1: none).
     groups: name → [N] bool; always has "memorized" and "other" (disjoint).
     prompts: [N] the prompts (text sets; perturbed prompts after `perturb`).
+    named_images: [N, K] every training image the condition names (−1 padded; column 0 is
+      `target_image`), when some condition names several (a class with several duplicated
+      images); None when each names at most one.
   """
 
   kind: str
@@ -46,6 +49,11 @@ class ConditionSet:
   target_image: np.ndarray
   groups: Mapping[str, np.ndarray]
   prompts: tuple[str, ...] | None = None
+  named_images: np.ndarray | None = None
+
+  def named(self) -> np.ndarray:
+    """[N, K] the training images each condition names (−1 padded; K = 1 if each names one)."""
+    return self.target_image[:, None] if self.named_images is None else self.named_images
 
   def __len__(self) -> int:
     return int(self.requested_class.shape[0])
@@ -57,6 +65,8 @@ class ConditionSet:
                requested_class=self.requested_class.tolist(), target_image=self.target_image.tolist())
     if self.prompts is not None:
       out["prompts"] = list(self.prompts)
+    if self.named_images is not None:
+      out["named_images"] = self.named_images.tolist()
     return out
 
 
@@ -74,8 +84,9 @@ def class_conditions(manifest: Manifest, *, num: int, num_classes: int, null_id:
   The memorized classes are those with a duplicated image, or `memorized` (e.g. to study a
   control model trained without duplication on the classes memorized by the duplicated run).
 
-  The named training image of a memorized class is its duplicated image (the first one, by id, if
-  the class has several; `copy_target` then counts copies of that one).
+  The named training image of a memorized class is its duplicated image; a class with several
+  names them all (`named_images`; `target_image` is the first by id, the unit its samples are
+  clustered by), and a sample is a copy if it copies any of them.
   """
   if num < 1:
     raise ValueError(f"num={num} samples: need at least 1.")
@@ -94,13 +105,17 @@ def class_conditions(manifest: Manifest, *, num: int, num_classes: int, null_id:
                              others[np.arange(num - n_mem) % len(others)]]).astype(np.int32)
   else:
     labels = (np.arange(num) % num_classes).astype(np.int32)
-  target_of = {int(c): int(np.flatnonzero(manifest.is_duplicated & (manifest.label == c))[0])
-               for c in mem if (manifest.is_duplicated & (manifest.label == c)).any()}
-  target = np.asarray([target_of.get(int(c), -1) for c in labels], np.int64)
+  named_of = {int(c): np.flatnonzero(manifest.is_duplicated & (manifest.label == c)) for c in mem}
+  k = max([1] + [len(v) for v in named_of.values()])
+  named = np.full((num, k), -1, np.int64)
+  for i, c in enumerate(labels):
+    ids = named_of.get(int(c), ())
+    named[i, :len(ids)] = ids
   memorized = np.isin(labels, mem)
   return ConditionSet(kind="class", cond=labels, null=np.asarray([null_id], np.int32),
-                      requested_class=labels.astype(np.int64), target_image=target,
-                      groups=dict(memorized=memorized, other=~memorized))
+                      requested_class=labels.astype(np.int64), target_image=named[:, 0].copy(),
+                      groups=dict(memorized=memorized, other=~memorized),
+                      named_images=named if k > 1 else None)
 
 
 def default_prompts(manifest: Manifest, dataset: str, num: int) -> list[str]:

@@ -44,7 +44,7 @@ def calibrated_context(conditions: ConditionSet, unique_images: np.ndarray, labe
   """A Context whose copy thresholds are set on `heldout` = (images, labels), real images that no
   model trained on, for the training images `conditions` name and for copies of any image."""
   calibration = cd.calibrate_study(unique_images, labels, heldout[0], heldout[1],
-                                   conditions.target_image)
+                                   conditions.named().reshape(-1))
   return Context(conditions, unique_images, is_duplicated, classifier, fd_reference,
                  labels=np.asarray(labels), calibration=calibration)
 
@@ -64,7 +64,11 @@ def measure(ctx: Context, samples: np.ndarray) -> Measured:
   mem = memorization.analyse_samples(samples, ctx.unique_images, ctx.is_duplicated)
   scores = None
   if ctx.calibration is not None:
-    target = ctx.conditions.target_image if ctx.conditions is not None else None
+    target = None
+    if ctx.conditions is not None:  # the named image it copies most, if the condition names several
+      target = cd.choose_named(samples, ctx.unique_images, ctx.conditions.named(),
+                               thresholds=ctx.calibration.named_thresholds,
+                               score=ctx.calibration.named)
     scores = cd.score_samples(samples, ctx.unique_images, target=target)
   if ctx.classifier is None:
     return Measured(mem, None, None, scores)

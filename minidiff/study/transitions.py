@@ -515,6 +515,7 @@ def _first(c, n: int):
   """The first n rows of a condition set."""
   return dataclasses.replace(c, cond=_first_rows(c.cond, n),
                              requested_class=c.requested_class[:n], target_image=c.target_image[:n],
+                             named_images=None if c.named_images is None else c.named_images[:n],
                              groups={k: v[:n] for k, v in c.groups.items()},
                              prompts=None if c.prompts is None else tuple(c.prompts[:n]))
 
@@ -523,6 +524,7 @@ def _tile_conditions(c, reps: int):
   tile = lambda a: np.tile(np.asarray(a), (reps,) + (1,) * (np.ndim(a) - 1))  # noqa: E731
   return dataclasses.replace(c, requested_class=tile(c.requested_class),
                              target_image=tile(c.target_image),
+                             named_images=None if c.named_images is None else tile(c.named_images),
                              groups={k: tile(v) for k, v in c.groups.items()},
                              prompts=None if c.prompts is None else tuple(c.prompts) * reps)
 
