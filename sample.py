@@ -25,36 +25,16 @@ from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
 
-# What each strategy does (its parameters and defaults come from minidiff.core.guidance).
-STRATEGY_HELP = {
-    "none": "w = 0: the unconditional model",
-    "conditional": "w = 1: the conditional model",
-    "cfg": "classifier-free guidance, constant w",
-    "static": "w_pre while t > tau, w_post while t <= tau (delayed CFG; Jain et al.)",
-    "opposite": "static with w_pre = -s: opposite guidance before tau (Jain et al.)",
-    "dynamic": "per sample: w_post from the first local minimum of d_t (Jain et al.)",
-    "dynamic_opposite": "dynamic with w_pre = -s",
-    "peak_drop": "per sample: w_post once d falls to `fraction` of its running peak",
-    "peak_passed": "per sample: w_post once d has set no new peak for `lag` steps",
-    "interval": "w inside sigma_t in (sigma_lo, sigma_hi], 1 outside (Kynkaanniemi et al.)",
-    "linear": "w rises linearly from w_min (t = T-1) to w_max (t = 0) (Wang et al.)",
-    "cosine": "w rises on a cosine from w_min to w_max (Wang et al.)",
-    "wen": "optimise the condition embedding until the first-step d_t < target, then CFG (Wen et al.)",
-    "amg": "where x0-hat's similarity to its nearest training image > threshold: lower w, push away "
-           "(Chen et al.)",
-    "cads": "condition noised early, annealed out between tau1 and tau2, then CFG (Sadat et al.)",
-}
-
-
 def strategies_help() -> str:
-  """The strategies with their parameters and defaults, and the text perturbations."""
-  from minidiff.core import guidance, specs  # noqa: PLC0415 (JAX: only when help is asked for)
+  """The guidance rules with their parameters, defaults and help (the registry), and the text
+  perturbations."""
+  from minidiff.core import registry, specs  # noqa: PLC0415 (JAX: only when help is asked for)
 
   lines = ["", "Guidance strategies (name[:param=value...]; defaults shown):"]
-  for name in specs.STRATEGY_NAMES + guidance.MITIGATION_NAMES:  # the peers' mitigations last
-    params = " ".join(f"{k}={v}" for k, v in specs.strategy_params(name).items()) or "-"
+  for name in registry.RULE_NAMES:  # the peers' mitigations last
+    params = " ".join(f"{k}={v}" for k, v in registry.rule_params(name).items()) or "-"
     lines.append(f"  {name:<17} {params}")
-    lines.append(f"  {'':<17} {STRATEGY_HELP.get(name, '')}")
+    lines.append(f"  {'':<17} {registry.help_of(name)}")
   lines.append("Prompt perturbations (text runs, after '+', e.g. cfg+random_tokens:k=4):")
   for name, cls in specs.PERTURBATIONS.items():
     defaults = " ".join(f"{f.name}={f.default}" for f in specs.dataclasses.fields(cls))

@@ -22,7 +22,7 @@ import numpy as np
 
 from minidiff import config as config_lib
 from minidiff.core import samplers, specs
-from minidiff.core.guidance import Strategy
+from minidiff.core.rule import Rule
 from minidiff.core.schedule import NoiseSchedule, make_schedule
 from minidiff.core.weight_fn import WeightFn, weight_schedule
 from minidiff.data import tokenizer as tokenizer_lib
@@ -30,13 +30,13 @@ from minidiff.study import sampling
 from minidiff.train import sharding
 
 EpsFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
-StrategyLike = str | Strategy | WeightFn
+StrategyLike = str | Rule | WeightFn
 
 
-def as_strategy(strategy: StrategyLike, *, T: int) -> tuple[str, Strategy]:  # noqa: N803
-  """(label, Strategy) from a spec string ("static:tau=600:w_post=3", one arm), a Strategy, or a
-  weight function (k, t, signals) -> w (`minidiff.core.weight_fn`)."""
-  if isinstance(strategy, Strategy):
+def as_strategy(strategy: StrategyLike, *, T: int) -> tuple[str, Rule]:  # noqa: N803
+  """(label, rule) from a spec string ("static:tau=600:w_post=3", one arm), a guidance rule
+  (minidiff.core.rule.Rule), or a weight function (k, t, signals) -> w (`minidiff.core.weight_fn`)."""
+  if isinstance(strategy, Rule):
     strategy.validate(T)
     return type(strategy).__name__, strategy
   if isinstance(strategy, str):
@@ -47,7 +47,7 @@ def as_strategy(strategy: StrategyLike, *, T: int) -> tuple[str, Strategy]:  # n
     return parsed[0].label, parsed[0].strategy
   if callable(strategy):
     return getattr(strategy, "__name__", "custom"), weight_schedule(strategy)
-  raise ValueError(f"strategy must be a spec string, a guidance Strategy or a function "
+  raise ValueError(f"strategy must be a spec string, a guidance rule or a function "
                    f"(k, t, signals) -> w; got {strategy!r}.")
 
 

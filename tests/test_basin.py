@@ -15,6 +15,7 @@ import pytest
 from minidiff.theory import basin
 from minidiff.data import datasets as data
 from minidiff.core import guidance
+from minidiff.core import registry
 from minidiff.theory import ideal
 from minidiff.core import samplers
 from minidiff.theory.basin import Arm, cfg
@@ -76,8 +77,8 @@ def test_switch_strategy_reproduces_the_library_strategies(setup, main, noise):
   """The harness's per-sample `Switch` is guidance.StaticTransition / DynamicTransition."""
   b = 8
   for name, strategy in [
-      ("static0_20", guidance.make_strategy("static", tau=int(GRID[20]), w_post=7.5)),
-      ("dyn_og", guidance.make_strategy("dynamic_opposite", s=2.0, measure="x0")),
+      ("static0_20", registry.make_rule("static", tau=int(GRID[20]), w_post=7.5)),
+      ("dyn_og", registry.make_rule("dynamic_opposite", s=2.0, measure="x0")),
   ]:
     run = samplers.make_sampler(ideal.eps_apply, schedule=SCHEDULE, strategy=strategy,
                                 num_steps=S, spacing="linspace", compute_d=True)

@@ -45,7 +45,9 @@ def test_sample_help_lists_the_strategies_with_their_parameters_and_defaults():
   p = _run("sample.py", "--help")  # absl's --help exits with status 1 after printing
   out = p.stdout + p.stderr
   assert "Traceback" not in out, out[-2000:]
-  assert "opposite          s=2.0 tau=650 w_post=7.5" in out
+  assert "opposite          tau=650 w_post=7.5 s=2.0" in out
+  assert "static with w_pre = -s: opposite guidance before tau (Jain et al.)" in out  # its help
+  assert "rescaled_cfg      w=7.5 phi=0.7" in out  # a rule file of minidiff/core/rules/
   assert "random_tokens     k=4" in out
   assert "wen               w=7.5 target=0.07 steps=10 lr=0.1" in out
   assert "peak_drop         w_pre=0.0 w_post=7.5 measure=x0 fraction=0.5 min_step=2" in out

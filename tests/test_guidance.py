@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 
 from minidiff.core import guidance
+from minidiff.core import registry
 from minidiff.core import samplers
 from minidiff.core.schedule import linear_schedule
+
+# The strategies of minidiff.core.guidance (the w-choosing rules), in registry order.
+GUIDANCE_NAMES = tuple(n for n in registry.RULE_NAMES
+                       if registry.RULES[n].__module__ == guidance.__name__)
 
 SCHEDULE = linear_schedule(1000)
 
@@ -83,16 +88,16 @@ def test_predict_branches_one_pass_equals_two_calls():
     ("static", True, True), ("opposite", True, True), ("dynamic", True, True),
     ("interval", True, True), ("linear", True, True), ("cosine", True, True)])
 def test_branch_needs(name, needs_cond, needs_uncond):
-  s = guidance.make_strategy(name)
+  s = registry.make_rule(name)
   assert (s.needs_cond, s.needs_uncond) == (needs_cond, needs_uncond)
 
 
 def test_branch_needs_follow_weights():
-  assert not guidance.make_strategy("cfg", w=1).needs_uncond  # w = 1 is the conditional model
-  assert not guidance.make_strategy("cfg", w=0).needs_cond
-  assert not guidance.make_strategy("static", w_pre=1, w_post=1).needs_uncond
-  assert not guidance.make_strategy("interval", w=1).needs_uncond
-  dyn = guidance.make_strategy("dynamic", w_pre=1, w_post=1)
+  assert not registry.make_rule("cfg", w=1).needs_uncond  # w = 1 is the conditional model
+  assert not registry.make_rule("cfg", w=0).needs_cond
+  assert not registry.make_rule("static", w_pre=1, w_post=1).needs_uncond
+  assert not registry.make_rule("interval", w=1).needs_uncond
+  dyn = registry.make_rule("dynamic", w_pre=1, w_post=1)
   assert dyn.needs_uncond and dyn.needs_cond  # d_t needs both branches regardless of w
 
 
@@ -104,7 +109,7 @@ def test_branch_needs_follow_weights():
 @pytest.mark.parametrize("tau", [650, 500, 501, 0, 999])
 def test_static_switches_exactly_at_tau(spacing, num_steps, tau):
   ts = samplers.time_grid(1000, num_steps, spacing)
-  s = guidance.make_strategy("static", w_pre=-2.0, tau=tau, w_post=5.0)
+  s = registry.make_rule("static", w_pre=-2.0, tau=tau, w_post=5.0)
   w, transition = run_strategy(s, ts, np.ones((len(ts), 2)))
   expected_w = np.where(ts <= tau, 5.0, -2.0)
   np.testing.assert_array_equal(w, np.stack([expected_w] * 2, axis=1))
@@ -116,18 +121,18 @@ def test_static_switches_exactly_at_tau(spacing, num_steps, tau):
 def test_static_known_grid_positions():
   # uniform 50 on T = 1000: t_k = 980 − 20k; τ = 505 is off the grid → first t ≤ 505 is 500, k = 24
   ts = samplers.time_grid(1000, 50)
-  _, transition = run_strategy(guidance.make_strategy("static", tau=505), ts, np.ones((50, 1)))
+  _, transition = run_strategy(registry.make_rule("static", tau=505), ts, np.ones((50, 1)))
   assert ts[24] == 500 and transition[0] == 24
   # trailing 50: t_k = 999 − 20k; τ = 0 never reached (last t = 19) → never switches
   ts = samplers.time_grid(1000, 50, "trailing")
-  w, transition = run_strategy(guidance.make_strategy("static", tau=0), ts, np.ones((50, 1)))
+  w, transition = run_strategy(registry.make_rule("static", tau=0), ts, np.ones((50, 1)))
   assert transition[0] == -1 and np.all(w == 0.0)
 
 
 def test_opposite_defaults():
-  s = guidance.make_strategy("opposite")
+  s = registry.make_rule("opposite")
   assert (s.w_pre, s.tau, s.w_post) == (-2.0, 650, 7.5)
-  assert guidance.make_strategy("opposite", s=3, tau="600").w_pre == -3.0
+  assert registry.make_rule("opposite", s=3, tau="600").w_pre == -3.0
 
 
 # --- dynamic transition ---------------------------------------------------------------------------
@@ -145,7 +150,7 @@ def test_dynamic_hand_made_sequences():
       [6.0, 5.0, 9.0, 0.1, 4.0],  # column 3's later minimum (0.1 at k = 5) does not move it
       [7.0, 6.0, 0.1, 5.0, 3.0],
   ])
-  s = guidance.make_strategy("dynamic", w_pre=1.0, w_post=7.5)
+  s = registry.make_rule("dynamic", w_pre=1.0, w_post=7.5)
   w, transition = run_strategy(s, np.arange(7)[::-1] * 100, d)
   np.testing.assert_array_equal(transition, [-1, -1, 2, 4, -1])
   for b, k in enumerate(transition):
@@ -156,7 +161,7 @@ def test_dynamic_hand_made_sequences():
 
 def test_dynamic_plateau_then_strict_min():
   # 3, 2, 2, 1, 2 → the strict minimum is at k−1 = 3 (the plateau at 2, 2 does not count) → k = 4
-  _, transition = run_strategy(guidance.make_strategy("dynamic"), np.arange(5)[::-1],
+  _, transition = run_strategy(registry.make_rule("dynamic"), np.arange(5)[::-1],
                                [3.0, 2.0, 2.0, 1.0, 2.0])
   assert transition[0] == 4
 
@@ -165,28 +170,28 @@ def test_dynamic_guards():
   ts = np.arange(8)[::-1] * 100
   # min_step: minimum at 1 (fires k = 2) ignored; the next, at 3, fires k = 4
   d = [5.0, 1.0, 2.0, 1.0, 3.0, 4.0, 5.0, 6.0]
-  assert run_strategy(guidance.make_strategy("dynamic"), ts, d)[1][0] == 2
-  assert run_strategy(guidance.make_strategy("dynamic", min_step=3), ts, d)[1][0] == 4
-  assert run_strategy(guidance.make_strategy("dynamic", min_step=5), ts, d)[1][0] == -1
+  assert run_strategy(registry.make_rule("dynamic"), ts, d)[1][0] == 2
+  assert run_strategy(registry.make_rule("dynamic", min_step=3), ts, d)[1][0] == 4
+  assert run_strategy(registry.make_rule("dynamic", min_step=5), ts, d)[1][0] == -1
   # peak_fraction 0.5: the wiggle 1.0 → 0.9 (0.9 > 0.5·1.0) is ignored; the fall 4 → 1.5 ≤ 0.5·4
   # fires at k = 6
   d = [1.0, 0.9, 1.0, 2.0, 4.0, 1.5, 1.8, 2.0]
-  assert run_strategy(guidance.make_strategy("dynamic"), ts, d)[1][0] == 2
-  assert run_strategy(guidance.make_strategy("dynamic", peak_fraction=0.5), ts, d)[1][0] == 6
-  assert run_strategy(guidance.make_strategy("dynamic", peak_fraction=0.3), ts, d)[1][0] == -1
+  assert run_strategy(registry.make_rule("dynamic"), ts, d)[1][0] == 2
+  assert run_strategy(registry.make_rule("dynamic", peak_fraction=0.5), ts, d)[1][0] == 6
+  assert run_strategy(registry.make_rule("dynamic", peak_fraction=0.3), ts, d)[1][0] == -1
   # smooth 2: trailing means 4, 3, 2.5, 2, 1.5, 2.5, 3.5, 4.5 → single minimum at 4 → k = 5
   d = [4.0, 2.0, 3.0, 1.0, 2.0, 3.0, 4.0, 5.0]
-  assert run_strategy(guidance.make_strategy("dynamic"), ts, d)[1][0] == 2
-  assert run_strategy(guidance.make_strategy("dynamic", smooth=2), ts, d)[1][0] == 5
+  assert run_strategy(registry.make_rule("dynamic"), ts, d)[1][0] == 2
+  assert run_strategy(registry.make_rule("dynamic", smooth=2), ts, d)[1][0] == 5
 
 
 def test_dynamic_measure_x0_and_opposite():
   ts = np.arange(5)[::-1] * 100
   d_eps = [1.0, 2.0, 3.0, 4.0, 5.0]  # rising, as on a Bayes-optimal model (docs/science.md §6)
   d_x0 = [9.0, 4.0, 2.0, 3.0, 1.0]  # falls, minimum at 2 → fires at k = 3
-  w, tr = run_strategy(guidance.make_strategy("dynamic"), ts, d_eps, d_x0)
+  w, tr = run_strategy(registry.make_rule("dynamic"), ts, d_eps, d_x0)
   assert tr[0] == -1 and np.all(w == 1.0)
-  s = guidance.make_strategy("dynamic_opposite", measure="x0")
+  s = registry.make_rule("dynamic_opposite", measure="x0")
   assert (s.w_pre, s.w_post) == (-7.5, 7.5)
   w, tr = run_strategy(s, ts, d_eps, d_x0)
   assert tr[0] == 3
@@ -220,7 +225,7 @@ def test_interval_uses_sigma_boundaries():
   t_lo = int(np.argmax(sigma > 0.28))  # first t inside (0.28, 1.61]
   t_hi = int(np.nonzero(sigma <= 1.61)[0][-1])  # last t inside
   ts = np.array([999, t_hi + 1, t_hi, (t_lo + t_hi) // 2, t_lo, t_lo - 1, 0])
-  w, transition = run_strategy(guidance.make_strategy("interval", w=4.0), ts, np.ones((7, 1)))
+  w, transition = run_strategy(registry.make_rule("interval", w=4.0), ts, np.ones((7, 1)))
   np.testing.assert_array_equal(w[:, 0], [1.0, 1.0, 4.0, 4.0, 4.0, 1.0, 1.0])
   assert transition[0] == -1
 
@@ -228,10 +233,10 @@ def test_interval_uses_sigma_boundaries():
 def test_increasing_schedules_at_known_t():
   schedule = linear_schedule(21)
   ts = np.array([20, 15, 10, 5, 0])  # u = 1 − t/20 = 0, .25, .5, .75, 1
-  w, _ = run_strategy(guidance.make_strategy("linear", w_min=1.0, w_max=9.0), ts, np.ones((5, 1)),
+  w, _ = run_strategy(registry.make_rule("linear", w_min=1.0, w_max=9.0), ts, np.ones((5, 1)),
                       schedule=schedule)
   np.testing.assert_allclose(w[:, 0], [1.0, 3.0, 5.0, 7.0, 9.0], atol=1e-5)
-  w, _ = run_strategy(guidance.make_strategy("cosine", w_min=1.0, w_max=9.0), ts, np.ones((5, 1)),
+  w, _ = run_strategy(registry.make_rule("cosine", w_min=1.0, w_max=9.0), ts, np.ones((5, 1)),
                       schedule=schedule)
   c = (1.0 - math.cos(0.75 * math.pi)) / 2  # (1 − cos πu)/2 at u = .75 ≈ 0.8536
   np.testing.assert_allclose(w[:, 0], [1.0, 1.0 + 8 * (1 - c), 5.0, 1.0 + 8 * c, 9.0], atol=1e-5)
@@ -241,25 +246,25 @@ def test_increasing_schedules_at_known_t():
 
 
 def test_names_and_defaults():
-  assert guidance.STRATEGY_NAMES == ("none", "conditional", "cfg", "static", "opposite", "dynamic",
+  assert GUIDANCE_NAMES == ("none", "conditional", "cfg", "static", "opposite", "dynamic",
                                      "dynamic_opposite", "interval", "linear", "cosine")
-  assert guidance.strategy_params("none") == {}
-  assert guidance.strategy_params("cfg") == {"w": 7.5}
-  assert guidance.strategy_params("static") == {"w_pre": 0.0, "tau": 500, "w_post": 7.5}
-  assert guidance.strategy_params("opposite") == {"s": 2.0, "tau": 650, "w_post": 7.5}
-  assert guidance.strategy_params("dynamic") == {"w_pre": 1.0, "w_post": 7.5, "measure": "eps",
+  assert registry.rule_params("none") == {}
+  assert registry.rule_params("cfg") == {"w": 7.5}
+  assert registry.rule_params("static") == {"w_pre": 0.0, "tau": 500, "w_post": 7.5}
+  assert registry.rule_params("opposite") == {"s": 2.0, "tau": 650, "w_post": 7.5}
+  assert registry.rule_params("dynamic") == {"w_pre": 1.0, "w_post": 7.5, "measure": "eps",
                                                  "min_step": 2, "peak_fraction": 1.0, "smooth": 1}
-  assert guidance.strategy_params("dynamic_opposite")["s"] == 7.5
-  assert guidance.strategy_params("interval") == {"w": 7.5, "sigma_lo": 0.28, "sigma_hi": 1.61}
-  assert guidance.strategy_params("cosine") == {"w_min": 0.0, "w_max": 15.0}
-  for name in guidance.STRATEGY_NAMES:
-    guidance.make_strategy(name).validate(1000)
+  assert registry.rule_params("dynamic_opposite")["s"] == 7.5
+  assert registry.rule_params("interval") == {"w": 7.5, "sigma_lo": 0.28, "sigma_hi": 1.61}
+  assert registry.rule_params("cosine") == {"w_min": 0.0, "w_max": 15.0}
+  for name in GUIDANCE_NAMES:
+    registry.make_rule(name).validate(1000)
 
 
 def test_overrides_from_strings():
-  s = guidance.make_strategy("static", w_pre="0", tau="600", w_post="3")
+  s = registry.make_rule("static", w_pre="0", tau="600", w_post="3")
   assert s == guidance.StaticTransition(w_pre=0.0, tau=600, w_post=3.0) and isinstance(s.tau, int)
-  assert guidance.make_strategy("dynamic", measure="x0", peak_fraction="0.5").peak_fraction == 0.5
+  assert registry.make_rule("dynamic", measure="x0", peak_fraction="0.5").peak_fraction == 0.5
 
 
 @pytest.mark.parametrize("name, overrides", [
@@ -270,19 +275,19 @@ def test_overrides_from_strings():
     ("interval", {"sigma_lo": 2.0}), ("linear", {"shape": "cosine"}), ("cfg", {"w": "abc"})])
 def test_bad_strategies_raise(name, overrides):
   with pytest.raises(ValueError):
-    guidance.make_strategy(name, **overrides)
+    registry.make_rule(name, **overrides)
 
 
 def test_validate_needs_T():
   with pytest.raises(ValueError, match=r"\[0, 1000\)"):
-    guidance.make_strategy("static", tau=1000).validate(1000)
-  guidance.make_strategy("static", tau=999).validate(1000)
+    registry.make_rule("static", tau=1000).validate(1000)
+  registry.make_rule("static", tau=999).validate(1000)
   with pytest.raises(ValueError, match="choose one of"):
-    guidance.make_strategy("cfgg")
+    registry.make_rule("cfgg")
 
 
 def test_weight_is_jittable_in_a_scan():
-  s = guidance.make_strategy("dynamic", smooth=2)
+  s = registry.make_rule("dynamic", smooth=2)
   d = jnp.asarray([[3.0], [2.0], [1.0], [2.0], [3.0], [4.0]])  # means of 2: 3, 2.5, 1.5, 1.5, 2.5
 
   @jax.jit
@@ -297,7 +302,7 @@ def test_weight_is_jittable_in_a_scan():
   w, transition = run(d)
   # the plateau 1.5, 1.5 is not strict, so no transition; raw d would fire at k = 3
   assert int(transition[0]) == -1 and np.all(np.asarray(w) == 1.0)
-  assert run_strategy(guidance.make_strategy("dynamic"), np.zeros(6), np.asarray(d))[1][0] == 3
+  assert run_strategy(registry.make_rule("dynamic"), np.zeros(6), np.asarray(d))[1][0] == 3
 
 
 # --- properties over random strategies, grids and d_t sequences -----------------------------------
@@ -322,11 +327,11 @@ _PARAMS = {
 
 @st.composite
 def _strategies(draw):
-  name = draw(st.sampled_from(guidance.STRATEGY_NAMES))
+  name = draw(st.sampled_from(GUIDANCE_NAMES))
   params = {k: draw(v) for k, v in _PARAMS[name].items()}
   if name == "interval":
     params["sigma_hi"] = params["sigma_lo"] + draw(st.floats(0.01, 5.0))
-  return name, guidance.make_strategy(name, **params)
+  return name, registry.make_rule(name, **params)
 
 
 def _trace(strategy, ts, d_eps, d_x0, schedule):

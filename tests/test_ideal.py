@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from minidiff.core import guidance
+from minidiff.core import registry
 from minidiff.theory import ideal
 from minidiff.core import samplers
 from minidiff.core.schedule import linear_schedule
@@ -193,6 +194,6 @@ def test_guided_ddim_on_two_atoms_lands_on_the_extrapolated_point(w):
                              SCHEDULE, null_id=1)
   x_T = jnp.asarray(rng(19).normal(size=(3,) + SHAPE), jnp.float32)  # noqa: N806
   x0, _ = samplers.sample(eps_fn, SCHEDULE, x_T, jnp.zeros(3, jnp.int32), jnp.ones(3, jnp.int32),
-                          jax.random.key(0), strategy=guidance.make_strategy("cfg", w=w),
+                          jax.random.key(0), strategy=registry.make_rule("cfg", w=w),
                           num_steps=10, clip_x0=False)
   np.testing.assert_allclose(x0, np.broadcast_to(b + w * (a - b), x0.shape), atol=1e-4)

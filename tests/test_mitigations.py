@@ -1,4 +1,4 @@
-"""The peers' mitigations (minidiff.core.mitigations, anti_memorization; study arms): closed forms
+"""The peers' mitigations (minidiff.core.mitigations, run as rules of the one sampler; study arms): closed forms
 on exact denoisers, the model's continuous-embedding boundary, and the arms end to end."""
 import math
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff.core import anti_memorization, guidance, mitigations, samplers, specs
+from minidiff.core import guidance, mitigations, registry, samplers, specs
 from minidiff.core.schedule import linear_schedule
 from minidiff.data.tokenizer import NULL_ID, PAD_ID
 from minidiff.nn.unet import UNet, UNetConfig
@@ -171,8 +171,8 @@ def test_dissimilarity_guidance_moves_the_sample_away_from_the_nearest_atom():
   cond = jnp.zeros(6, jnp.int32)
   null = jnp.ones(6, jnp.int32)
   key = jax.random.key(0)
-  run = lambda amg: anti_memorization.sample_amg(  # noqa: E731
-      eps_fn, SCHEDULE, x_T, cond, null, key, amg=amg, train_images=train, num_steps=10)
+  run = lambda amg: samplers.sample(  # noqa: E731
+      eps_fn, SCHEDULE, x_T, cond, null, key, strategy=amg.with_images(train), num_steps=10)
   plain, d_plain = run(mitigations.AntiMemorization(w=3.0, threshold=0.0, c_spe=0.0, c_sim=0.0))
   dist = lambda x: np.linalg.norm(np.asarray(x).reshape(6, -1) - a.reshape(1, -1), axis=1)  # noqa: E731
   for through_model in (0, 1):  # ε̂ held fixed, or the exact gradient through the denoiser
@@ -196,15 +196,15 @@ def test_specs_parse_into_mitigation_arms_with_their_families():
       ("amg:threshold=0.4:c_sim=0", "amg"), ("cads:s=0.1", "cads")]
   assert arms[1].strategy == mitigations.EmbeddingOptimisation(target=0.1)
   assert arms[3].strategy.c_sim == 0.0 and arms[4].strategy.s == 0.1
-  assert "wen" not in guidance.STRATEGY_NAMES and guidance.MITIGATION_NAMES == ("wen", "amg", "cads")
+  assert registry.MITIGATION_NAMES == ("wen", "amg", "cads") == registry.RULE_NAMES[-3:]
 
 
 def test_mitigation_parameters_sweep_one_arm_per_value_and_list_their_defaults():
   # what sample.py --help prints per strategy: every parameter with its default
-  assert guidance.strategy_params("wen") == dict(w=7.5, target=0.07, steps=10, lr=0.1)
-  assert guidance.strategy_params("amg") == dict(w=7.5, threshold=0.5, c_spe=20.0, w_min=1.0,
+  assert registry.rule_params("wen") == dict(w=7.5, target=0.07, steps=10, lr=0.1)
+  assert registry.rule_params("amg") == dict(w=7.5, threshold=0.5, c_spe=20.0, w_min=1.0,
                                                  c_sim=10.0, through_model=0)
-  assert guidance.strategy_params("cads") == dict(w=7.5, tau1=0.6, tau2=0.9, s=0.25, psi=1.0,
+  assert registry.rule_params("cads") == dict(w=7.5, tau1=0.6, tau2=0.9, s=0.25, psi=1.0,
                                                   rescale=1)
   labels = [g.label for g in specs.parse_guidance(
       "wen:target=0.5,1,2,amg:threshold=0.3,0.5:c_sim=0,10,cads:s=0:0.5:0.25", T=1000)]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from minidiff.core import guidance
+from minidiff.core import registry
 from minidiff.core import samplers
 from minidiff.core.schedule import linear_schedule
 
@@ -183,10 +184,10 @@ def test_cfg_endpoints_and_diagnostics():
   run = lambda strategy, **kw: samplers.sample(  # noqa: E731
       class_eps, SCHEDULE, x_T, LABELS, NULLS, key, strategy=strategy, num_steps=20, **kw)
   x_cond, d_cond = run("conditional")
-  x_w1, d_w1 = run(guidance.make_strategy("cfg", w=1.0), compute_d=True)  # one 2B pass per step
+  x_w1, d_w1 = run(registry.make_rule("cfg", w=1.0), compute_d=True)  # one 2B pass per step
   np.testing.assert_allclose(x_w1, x_cond, atol=1e-5)
   x_none, d_none = run("none")
-  x_w0, _ = run(guidance.make_strategy("cfg", w=0.0), compute_d=True)
+  x_w0, _ = run(registry.make_rule("cfg", w=0.0), compute_d=True)
   np.testing.assert_allclose(x_w0, x_none, atol=1e-5)
   assert bool(jnp.all(jnp.isnan(d_cond.d_eps))) and bool(jnp.all(jnp.isnan(d_none.d_x0)))
   np.testing.assert_array_equal(d_cond.w, 1.0)
@@ -204,7 +205,7 @@ def test_cfg_endpoints_and_diagnostics():
 
 
 def test_static_transition_inside_the_sampler():
-  strategy = guidance.make_strategy("static", w_pre=0.0, tau=505, w_post=3.0)
+  strategy = registry.make_rule("static", w_pre=0.0, tau=505, w_post=3.0)
   for spacing, k in (("uniform", 24), ("trailing", 25)):  # t_24 = 500; t_25 = 999 − 500 = 499
     _, diag = samplers.sample(class_eps, SCHEDULE, x_noise(4), LABELS, NULLS, jax.random.key(0),
                               strategy=strategy, num_steps=50, spacing=spacing)
@@ -214,9 +215,9 @@ def test_static_transition_inside_the_sampler():
 
 
 STRATEGY_CASES = {
-    "ddim_eta0_cfg": ("ddim", 0.0, guidance.make_strategy("cfg", w=3.0)),
-    "ddim_eta05_cfg": ("ddim", 0.5, guidance.make_strategy("cfg", w=3.0)),
-    "ddim_dynamic": ("ddim", 0.0, guidance.make_strategy("dynamic")),
+    "ddim_eta0_cfg": ("ddim", 0.0, registry.make_rule("cfg", w=3.0)),
+    "ddim_eta05_cfg": ("ddim", 0.5, registry.make_rule("cfg", w=3.0)),
+    "ddim_dynamic": ("ddim", 0.0, registry.make_rule("dynamic")),
 }
 
 
@@ -253,7 +254,7 @@ def test_make_sampler_ddpm_keys_params_and_reference():
     traces.append(1)
     return class_eps_apply(params, x, t, cond)
 
-  strategy = guidance.make_strategy("opposite", tau=600)
+  strategy = registry.make_rule("opposite", tau=600)
   kw = dict(strategy=strategy, sampler="ddpm", num_steps=20, x0_steps=(0, 7, -1))
   run = samplers.make_sampler(eps_apply, schedule=SCHEDULE, **kw)
   x_T = x_noise(4)
@@ -275,7 +276,7 @@ def test_make_sampler_ddpm_keys_params_and_reference():
 @pytest.mark.parametrize("overrides", [
     {"sampler": "euler"}, {"spacing": "log"}, {"eta": 1.5}, {"eta": -0.1}, {"num_steps": 0},
     {"num_steps": 1001}, {"strategy": "cfgg"},
-    {"strategy": guidance.make_strategy("static", tau=1000)},
+    {"strategy": registry.make_rule("static", tau=1000)},
     {"x0_steps": (50,)}, {"x0_steps": (-51,)}])
 def test_validation_raises_before_compile(overrides):
   def eps_fn(x, t, c):

@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 
 from minidiff.core import guidance
+from minidiff.core import registry
 from minidiff.core import specs as specs_lib
 from minidiff.study import sampling
 from minidiff.study.engine import sample_and_study
+
+# The strategies of minidiff.core.guidance (the w-choosing rules), in registry order.
+GUIDANCE_NAMES = tuple(n for n in registry.RULE_NAMES
+                       if registry.RULES[n].__module__ == guidance.__name__)
 
 
 def test_parse_guidance_specs_and_overrides():
@@ -125,8 +130,8 @@ def test_checkpoint_that_does_not_match_the_config(tiny_run, tmp_path):
 
 
 def test_strategy_names_are_all_accepted():
-  specs = specs_lib.parse_guidance(",".join(guidance.STRATEGY_NAMES), T=1000)
-  assert len(specs) == len(guidance.STRATEGY_NAMES)
+  specs = specs_lib.parse_guidance(",".join(GUIDANCE_NAMES), T=1000)
+  assert len(specs) == len(GUIDANCE_NAMES)
 
 
 def test_nan_samples_are_named_with_their_strategy_indices_and_classes():
@@ -154,10 +159,10 @@ _PARAM_VALUES = {
 
 
 @hypothesis.settings(max_examples=100, deadline=None, derandomize=True)
-@hypothesis.given(data=st.data(), name=st.sampled_from(guidance.STRATEGY_NAMES))
+@hypothesis.given(data=st.data(), name=st.sampled_from(GUIDANCE_NAMES))
 def test_property_guidance_specs_round_trip(data, name):
   params = {}
-  for key in guidance.strategy_params(name):
+  for key in registry.rule_params(name):
     if key in _PARAM_VALUES and data.draw(st.booleans(), label=f"set {key}"):
       params[key] = data.draw(_PARAM_VALUES[key], label=key)
   if name == "interval":

@@ -2,10 +2,11 @@
 
 The guided prediction is ε̂ = ε_u + w·(ε_c − ε_u), with ε_c / ε_u the model's noise predictions
 under the condition and under the null condition at the same x_t and t. A strategy is a small frozen
-dataclass that chooses w per sampling step k *and per sample*; every strategy works with every
+dataclass that chooses w per sampling step k *and per sample*: a `minidiff.core.rule.Rule` whose
+`predict` is ε̂ = ε_u + w·(ε_c − ε_u) with the w of its `weight`. Every strategy works with every
 sampler in `minidiff.core.samplers`.
 
-A strategy's protocol (all the sampler calls):
+A strategy's protocol (what its `predict` and the sampler call):
   - `needs_cond` / `needs_uncond`: which branches the model must evaluate (a skipped branch costs
     nothing; the sampler then makes one B-sized call instead of a 2B-sized one);
   - `validate(T)`: checks that need the schedule length (e.g. τ ∈ [0, T));
@@ -15,24 +16,22 @@ A strategy's protocol (all the sampler calls):
     d_eps = ‖ε_c − ε_u‖₂ and d_x0 = ‖x̂₀_c − x̂₀_u‖₂ [B] from the *same* forward pass, so a dynamic
     transition detected at step k applies w_post already at step k.
 
-Strategies by name (`make_strategy(name, **overrides)`, `STRATEGY_NAMES`): none, conditional, cfg,
-static, opposite, dynamic, dynamic_opposite, interval, linear, cosine. The peers' mitigations wen,
-amg and cads (minidiff.core.mitigations, `MITIGATION_NAMES`) parse by the same rules but are not
-Strategy objects: the study runs them (minidiff.study.arms).
+Each registered strategy is one class with its spec name, family and help (`minidiff.core.registry`
+builds any rule by name): none, conditional, cfg, static, opposite, dynamic, dynamic_opposite,
+interval, linear, cosine.
 """
 from __future__ import annotations
 
 import abc
 import dataclasses
-import math
-import numbers
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from minidiff.core import mitigations
+from minidiff.core import rule
+from minidiff.core.rule import GuidanceState, check_finite as _check_finite, is_integer as _is_integer
 from minidiff.core.schedule import NoiseSchedule
 
 PyTree = Any
@@ -90,13 +89,6 @@ def predict_branches(
 
 
 @struct.dataclass
-class GuidanceState:
-  """Carried state of the stateless-in-w strategies: only the transition bookkeeping."""
-
-  transition_step: jax.Array  # [B] int32: step k at which w_post took over, −1 if never / n.a.
-
-
-@struct.dataclass
 class DynamicState:
   """Carried state of the dynamic transition rule (all [B] unless noted)."""
 
@@ -107,54 +99,17 @@ class DynamicState:
   peak: jax.Array  # running max of smoothed d over steps ≤ k−1 (−inf before the first)
 
 
-def _no_transition(batch: int) -> GuidanceState:
-  return GuidanceState(transition_step=jnp.full((batch,), -1, jnp.int32))
-
-
 def _per_sample(value: jax.Array, d: jax.Array) -> jax.Array:
   return jnp.broadcast_to(jnp.asarray(value, jnp.float32), d.shape)
 
 
-def _check_finite(**values: float) -> None:
-  for name, v in values.items():
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-      raise ValueError(f"{name} must be a finite number, got {v!r}.")
-
-
-def _is_integer(v: Any) -> bool:
-  """True for an int, or a finite float with an integral value (e.g. 600.0)."""
-  return (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-          and v == int(v))
-
-
 @dataclasses.dataclass(frozen=True)
-class Strategy(abc.ABC):
-  """Base of all guidance strategies: a frozen, hashable configuration (see the module doc)."""
-
-  # True for strategies that read d_t (or trace w): both branches at every step, whatever w is.
-  both_branches: ClassVar[bool] = False
+class Strategy(rule.Rule, abc.ABC):
+  """A rule that chooses only w: ε̂ = ε_u + w·(ε_c − ε_u) with w from `weight` (see the module doc)."""
 
   @abc.abstractmethod
   def levels(self) -> tuple[float, ...]:
     """The w values this strategy can apply (for a ramp: its two ends)."""
-
-  @property
-  def needs_uncond(self) -> bool:
-    """Whether ε_u must be evaluated: some applied w differs from 1 (or `both_branches`)."""
-    return self.both_branches or any(w != 1.0 for w in self.levels())
-
-  @property
-  def needs_cond(self) -> bool:
-    """Whether ε_c must be evaluated: some applied w differs from 0 (or `both_branches`)."""
-    return self.both_branches or any(w != 0.0 for w in self.levels())
-
-  def validate(self, T: int) -> None:  # noqa: N803 (the paper's name)
-    """Raises ValueError if the strategy cannot run on a schedule of length T."""
-    del T
-
-  def init_state(self, batch: int) -> PyTree:
-    """Initial carried state for a batch of `batch` samples."""
-    return _no_transition(batch)
 
   @abc.abstractmethod
   def weight(
@@ -163,10 +118,21 @@ class Strategy(abc.ABC):
   ) -> tuple[jax.Array, PyTree]:
     """Returns (w [B] float32, new_state) for step k at timestep t (scalar on the 0…T−1 scale)."""
 
+  def predict(self, s: rule.StepSignals, state: PyTree, *, schedule: NoiseSchedule,
+              branches: rule.Branches, clip_x0: bool) -> tuple[jax.Array, jax.Array, PyTree]:
+    """ε̂ = ε_u + w (ε_c − ε_u) with this step's w; a skipped branch means w is only ever 0 or 1."""
+    del branches, clip_x0
+    w, state = self.weight(state, s.k, s.t, s.d_eps, s.d_x0, schedule=schedule)
+    if s.eps_u is None:
+      return s.eps_c, w, state  # only ever w = 1
+    if s.eps_c is None:
+      return s.eps_u, w, state  # only ever w = 0
+    return guide(s.eps_c, s.eps_u, w), w, state  # ε̂ = ε_u + w (ε_c − ε_u)
+
 
 @dataclasses.dataclass(frozen=True)
-class Constant(Strategy):
-  """Constant w: 0 = unconditional ("none"), 1 = conditional, > 1 = CFG, < 0 = opposite guidance."""
+class _ConstantWeight(Strategy):
+  """Constant w: 0 = unconditional, 1 = conditional, > 1 = CFG, < 0 = opposite guidance."""
 
   w: float = 7.5
 
@@ -181,12 +147,47 @@ class Constant(Strategy):
 
 
 @dataclasses.dataclass(frozen=True)
+class Unguided(_ConstantWeight):
+  """w = 0: the unconditional model."""
+
+  name = "none"
+  family = "cfg"
+  help = "w = 0: the unconditional model"
+
+  w: float = dataclasses.field(default=0.0, init=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Conditional(_ConstantWeight):
+  """w = 1: the conditional model."""
+
+  name = "conditional"
+  family = "cfg"
+  help = "w = 1: the conditional model"
+
+  w: float = dataclasses.field(default=1.0, init=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Constant(_ConstantWeight):
+  """Constant w: 0 = unconditional ("none"), 1 = conditional, > 1 = CFG, < 0 = opposite guidance."""
+
+  name = "cfg"
+  family = "cfg"
+  help = "classifier-free guidance, constant w (Ho & Salimans)"
+
+
+@dataclasses.dataclass(frozen=True)
 class StaticTransition(Strategy):
   """Static transition point (Jain et al. 2025): w = w_pre while t > τ, w = w_post while t ≤ τ.
 
   τ is on the model's 0…T−1 scale and need not lie on the sampler's grid. Delayed CFG is
   w_pre = 0; opposite guidance is w_pre = −s. transition_step = the first k with t_k ≤ τ.
   """
+
+  name = "static"
+  family = "static"
+  help = "w_pre while t > tau, w_post while t <= tau (delayed CFG; Jain et al.)"
 
   w_pre: float = 0.0
   tau: int = 500
@@ -214,6 +215,29 @@ class StaticTransition(Strategy):
 
 
 @dataclasses.dataclass(frozen=True)
+class OppositeGuidance(StaticTransition):
+  """Static transition with w_pre = −s: opposite guidance before τ (Jain et al. 2025)."""
+
+  name = "opposite"
+  family = "opposite"
+  help = "static with w_pre = -s: opposite guidance before tau (Jain et al.)"
+
+  w_pre: float = dataclasses.field(default=-2.0, init=False)
+  tau: int = 650
+  s: float = 2.0
+
+  def __post_init__(self):
+    object.__setattr__(self, "w_pre", -_opposite_scale(self.name, self.s))
+    super().__post_init__()
+
+
+def _opposite_scale(name: str, s: Any) -> float:
+  if isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0 or s == float("inf"):
+    raise ValueError(f"Strategy {name!r}: opposite-guidance scale s must be > 0, got {s!r}.")
+  return float(s)
+
+
+@dataclasses.dataclass(frozen=True)
 class DynamicTransition(Strategy):
   """Dynamic transition point (Jain et al. 2025), per sample, online, latched.
 
@@ -231,6 +255,10 @@ class DynamicTransition(Strategy):
     smooth: the rule runs on the trailing mean of the last `smooth` d values (fewer at the start);
       1 = raw d.
   """
+
+  name = "dynamic"
+  family = "dynamic"
+  help = "per sample: w_post from the first local minimum of d_t (Jain et al.)"
 
   w_pre: float = 1.0
   w_post: float = 7.5
@@ -283,11 +311,31 @@ class DynamicTransition(Strategy):
 
 
 @dataclasses.dataclass(frozen=True)
+class DynamicOpposite(DynamicTransition):
+  """The dynamic transition with w_pre = −s (Jain et al. 2025's dynamic opposite guidance)."""
+
+  name = "dynamic_opposite"
+  family = "dynamic_opposite"
+  help = "dynamic with w_pre = -s"
+
+  w_pre: float = dataclasses.field(default=-7.5, init=False)
+  s: float = 7.5
+
+  def __post_init__(self):
+    object.__setattr__(self, "w_pre", -_opposite_scale(self.name, self.s))
+    super().__post_init__()
+
+
+@dataclasses.dataclass(frozen=True)
 class GuidanceInterval(Strategy):
   """Guidance interval (Kynkäänniemi et al. 2024): w inside σ_t ∈ (σ_lo, σ_hi], 1 outside.
 
   σ_t = √((1−ᾱ_t)/ᾱ_t); the default interval is their ImageNet-512 choice.
   """
+
+  name = "interval"
+  family = "interval"
+  help = "w inside sigma_t in (sigma_lo, sigma_hi], 1 outside (Kynkaanniemi et al.)"
 
   w: float = 7.5
   sigma_lo: float = 0.28
@@ -341,75 +389,22 @@ class IncreasingSchedule(Strategy):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Preset:
-  cls: type
-  defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  fixed: frozenset[str] = frozenset()  # fields the name pins (not overridable)
-  s: float | None = None  # opposite guidance: w_pre = −s, overridable as `s`
+class LinearRamp(IncreasingSchedule):
+  """Wang et al.'s linear increasing schedule."""
+
+  name = "linear"
+  family = "ramp"
+  help = "w rises linearly from w_min (t = T-1) to w_max (t = 0) (Wang et al.)"
+
+  shape: str = dataclasses.field(default="linear", init=False)
 
 
-_PRESETS: dict[str, _Preset] = {
-    "none": _Preset(Constant, {"w": 0.0}, frozenset({"w"})),
-    "conditional": _Preset(Constant, {"w": 1.0}, frozenset({"w"})),
-    "cfg": _Preset(Constant, {"w": 7.5}),
-    "static": _Preset(StaticTransition, {"w_pre": 0.0, "tau": 500, "w_post": 7.5}),
-    "opposite": _Preset(StaticTransition, {"tau": 650, "w_post": 7.5}, s=2.0),
-    "dynamic": _Preset(DynamicTransition, {"w_pre": 1.0, "w_post": 7.5}),
-    "dynamic_opposite": _Preset(DynamicTransition, {"w_post": 7.5}, s=7.5),
-    "interval": _Preset(GuidanceInterval),
-    "linear": _Preset(IncreasingSchedule, {"shape": "linear"}, frozenset({"shape"})),
-    "cosine": _Preset(IncreasingSchedule, {"shape": "cosine"}, frozenset({"shape"})),
-    # Peers' mitigations (minidiff.core.mitigations): parsed like strategies, run by the study.
-    **{name: _Preset(cls) for name, cls in mitigations.MITIGATIONS.items()},
-}
-MITIGATION_NAMES: tuple[str, ...] = tuple(mitigations.MITIGATIONS)
-STRATEGY_NAMES: tuple[str, ...] = tuple(n for n in _PRESETS if n not in MITIGATION_NAMES)
+@dataclasses.dataclass(frozen=True)
+class CosineRamp(IncreasingSchedule):
+  """Wang et al.'s cosine increasing schedule."""
 
+  name = "cosine"
+  family = "ramp"
+  help = "w rises on a cosine from w_min to w_max (Wang et al.)"
 
-def _coerce(value: Any, default: Any) -> Any:
-  """Turns a command-line string into the type of the field's default ("600" → 600)."""
-  if not isinstance(value, str) or isinstance(default, str):
-    return value
-  if isinstance(default, int):
-    as_float = float(value)
-    if not _is_integer(as_float):
-      raise ValueError(f"expected an integer, got {value!r}.")
-    return int(as_float)
-  return float(value)
-
-
-def strategy_params(name: str) -> dict[str, Any]:
-  """The overridable parameters of strategy `name` with their defaults."""
-  if name not in _PRESETS:
-    raise ValueError(f"Unknown guidance strategy {name!r}; choose one of "
-                     f"{STRATEGY_NAMES + MITIGATION_NAMES}.")
-  p = _PRESETS[name]
-  params = {f.name: f.default for f in dataclasses.fields(p.cls)} | dict(p.defaults)
-  if p.s is not None:
-    params.pop("w_pre")
-    params = {"s": p.s} | params
-  return {k: v for k, v in params.items() if k not in p.fixed}
-
-
-def make_strategy(name: str, **overrides: Any) -> Strategy | mitigations.Mitigation:
-  """Builds strategy `name` (one of STRATEGY_NAMES) with keyword overrides, e.g. w=3, tau=600.
-
-  String values (from a command line) are converted to the parameter's type. Opposite strategies
-  take `s > 0` and use w_pre = −s. Raises ValueError for unknown names, unknown parameters or
-  bad values.
-  """
-  params = strategy_params(name)
-  unknown = sorted(set(overrides) - set(params))
-  if unknown:
-    raise ValueError(f"Strategy {name!r} has no parameter(s) {unknown}; valid: {sorted(params)}.")
-  try:
-    params |= {k: _coerce(v, params[k]) for k, v in overrides.items()}
-  except ValueError as e:
-    raise ValueError(f"Strategy {name!r}: bad override in {overrides}: {e}") from None
-  preset = _PRESETS[name]
-  if preset.s is not None:
-    s = params.pop("s")
-    if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
-      raise ValueError(f"Strategy {name!r}: opposite-guidance scale s must be > 0, got {s!r}.")
-    params["w_pre"] = -float(s)
-  return preset.cls(**{k: v for k, v in preset.defaults.items() if k in preset.fixed}, **params)
+  shape: str = dataclasses.field(default="cosine", init=False)

@@ -1,10 +1,10 @@
 """Peers' inference-time mitigations of memorization: their parameters and their math.
 
 Three published methods, each a study arm beside Jain et al.'s delayed and opposite guidance
-(docs/science.md, "Peer mitigations"). Each parameter set is a small frozen dataclass built from
-a guidance spec (`wen:target=0.07`, `amg:threshold=0.5`, `cads:s=0.25`; minidiff.core.guidance
-registers the names) and offers the strategies' checks (`levels`, `validate(T)`). They are not
-`guidance.Strategy`s: each needs more than a per-step weight, so minidiff.study.arms runs them.
+(docs/science.md, "Peer mitigations"). Each is a guidance rule (minidiff.core.rule) registered by
+its spec name (`wen:target=0.07`, `amg:threshold=0.5`, `cads:s=0.25`) and run by the one sampling
+loop of minidiff.core.samplers with any stepper: Wen's optimisation is the rule's `prepare`, CADS
+anneals the condition in `conditions`, AMG acts on ε̂ in `predict`.
 
 - `EmbeddingOptimisation` (Wen et al., ICLR 2024, "Detecting, explaining, and mitigating
   memorization in diffusion models"): before sampling, the condition embedding e is moved by Adam
@@ -19,9 +19,7 @@ registers the names) and offers the strategies' checks (`levels`, `validate(T)`)
   when the similarity σ exceeds a threshold λ, despecification lowers the guidance weight and
   dissimilarity guidance adds c_sim √(1−ᾱ_t) ∇_{x_t} σ to ε̂ (pushing x̂₀ away from that image).
   It uses the training data at sampling time, which Jain et al.'s methods do not.
-  `nearest_two`, `similarity`; the sampling loop is minidiff.core.anti_memorization.
-
-This module imports nothing of minidiff but the schedule, so that guidance can register it.
+  `nearest_two`, `similarity`, `despecified_weight`; the rule's `predict` puts them together.
 """
 from __future__ import annotations
 
@@ -32,12 +30,15 @@ from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
+from minidiff.core import guidance, rule
+from minidiff.core.schedule import NoiseSchedule
+
 PyTree = Any
 _HI = jax.lax.Precision.HIGHEST
-CADS_FIELDS = ("cads_key", "cads_on")  # the condition fields annealed_eps_fn reads and removes
 
 
 def _finite(**values: Any) -> None:
@@ -54,8 +55,8 @@ def _integer(name: str, v: Any, lo: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Mitigation:
-  """What every mitigation offers the spec parser and the study (the strategies' checks)."""
+class _Mitigation(guidance.Strategy):
+  """What every mitigation shares: CFG with a constant w around the mitigation's own step."""
 
   w: float = 7.5  # the CFG weight the mitigation samples with
 
@@ -63,11 +64,8 @@ class _Mitigation:
     """The guidance weights this mitigation can apply."""
     return (self.w,)
 
-  both_branches: ClassVar[bool] = True  # the mitigations read ε_c and ε_u at every step
-
-  def validate(self, T: int) -> None:  # noqa: N803 (the paper's name)
-    """Raises ValueError if the mitigation cannot run on a schedule of length T."""
-    del T
+  def weight(self, state, k, t, d_eps, d_x0, *, schedule):
+    return jnp.broadcast_to(jnp.asarray(self.w, jnp.float32), d_eps.shape), state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +77,11 @@ class EmbeddingOptimisation(_Mitigation):
   lr: Adam's learning rate.
   """
 
+  name = "wen"
+  family = "wen"
+  help = "optimise the condition embedding until the first-step d_t < target, then CFG (Wen et al.)"
+  needs_embedding: ClassVar[bool] = True
+
   target: float = 0.07
   steps: int = 10
   lr: float = 0.1
@@ -88,6 +91,22 @@ class EmbeddingOptimisation(_Mitigation):
     if self.target <= 0 or self.lr <= 0:
       raise ValueError(f"wen: target={self.target} and lr={self.lr} must be > 0.")
     object.__setattr__(self, "steps", _integer("wen: steps", self.steps, 0))
+
+  def prepare(self, ctx: rule.Preparation) -> rule.Prepared:
+    """The condition embedding moved by Adam on the first step's d (the null one is not)."""
+    embed = _embed_fn(self, ctx)
+    emb, emb_null = embed(ctx.cond), embed(ctx.null_cond)
+    x = ctx.x_T
+    t_first = jnp.full((x.shape[0],), int(ctx.grid[0]), jnp.int32)
+    eps_u = ctx.eps_fn(x, t_first, emb_null)  # the null branch does not move with the embedding
+
+    def d_fn(e):  # the first step's d = ‖ε_c − ε_u‖₂ at x_T, per sample
+      eps_c = ctx.eps_fn(x, t_first, {**emb, "embedding": e})
+      return jnp.linalg.norm((eps_c - eps_u).reshape(x.shape[0], -1), axis=1)
+
+    opt = optimise_embedding(d_fn, emb["embedding"], target=self.target, steps=self.steps,
+                             lr=self.lr)
+    return rule.Prepared({**emb, "embedding": opt.embedding}, emb_null)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +118,12 @@ class ConditionAnnealing(_Mitigation):
   rescale: 1 to rescale to y's mean and standard deviation, 0 not to. Defaults: the paper's
   τ₁ = 0.6, τ₂ = 0.9, s = 0.25, ψ = 1. s = 0 leaves the condition untouched (plain CFG).
   """
+
+  name = "cads"
+  family = "cads"
+  help = "condition noised early, annealed out between tau1 and tau2, then CFG (Sadat et al.)"
+  needs_embedding: ClassVar[bool] = True
+  needs_row_keys: ClassVar[bool] = True  # row i's noise: fold_in(row_key_i, t), any batch split
 
   tau1: float = 0.6
   tau2: float = 0.9
@@ -115,6 +140,29 @@ class ConditionAnnealing(_Mitigation):
     if self.rescale not in (0, 1):
       raise ValueError(f"cads: rescale must be 0 or 1, got {self.rescale!r}.")
     object.__setattr__(self, "rescale", int(self.rescale))
+
+  def prepare(self, ctx: rule.Preparation) -> rule.Prepared:
+    """The conditions as embeddings; the conditional one keeps its rows' keys for the noise."""
+    embed = _embed_fn(self, ctx)
+    cond = {**embed(ctx.cond["cond"]),
+            "cads_key": jnp.asarray(ctx.cond["row_key"], jnp.uint32).reshape(ctx.x_T.shape[0], -1)}
+    return rule.Prepared(cond, embed(ctx.null_cond["cond"]))
+
+  def conditions(self, state, k, t, cond, null_cond, *, schedule):
+    """ŷ of `anneal_condition` on the conditional branch; the null branch is left alone."""
+    cond = dict(cond)
+    keys = cond.pop("cads_key")
+    if self.s == 0:
+      return cond, null_cond
+    y = cond["embedding"]
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (y.shape[0],))
+    draw = lambda k_, tt: jax.random.normal(  # noqa: E731
+        jax.random.fold_in(jax.random.wrap_key_data(k_), tt), y.shape[1:], y.dtype)
+    noise = jax.vmap(draw)(keys, t)
+    gamma = cads_gamma(t, schedule.T, tau1=self.tau1, tau2=self.tau2)
+    cond["embedding"] = anneal_condition(y, gamma, noise, s=self.s, psi=self.psi,
+                                         rescale=bool(self.rescale), mask=cond.get("mask"))
+    return cond, null_cond
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,11 +183,20 @@ class AntiMemorization(_Mitigation):
   a class condition's neighbour has the same class.
   """
 
+  name = "amg"
+  family = "amg"
+  help = ("where x0-hat's similarity to its nearest training image > threshold: lower w, push away "
+          "(Chen et al.)")
+  both_branches: ClassVar[bool] = True  # σ is read from the CFG prediction at every step
+  needs_images: ClassVar[bool] = True
+
   threshold: float = 0.5
   c_spe: float = 20.0
   w_min: float = 1.0
   c_sim: float = 10.0
   through_model: int = 0
+  # The de-duplicated training images [U, H, W, C] it searches (`with_images`); not a parameter.
+  images: Any = dataclasses.field(default=None, repr=False, compare=False, kw_only=True)
 
   def __post_init__(self):
     _finite(w=self.w, threshold=self.threshold, c_spe=self.c_spe, w_min=self.w_min,
@@ -156,6 +213,60 @@ class AntiMemorization(_Mitigation):
 
   def levels(self) -> tuple[float, ...]:
     return (self.w, self.w_min)
+
+  def with_images(self, images: Any) -> "AntiMemorization":
+    """This rule searching `images` [U, H, W, C] (U ≥ 2), the de-duplicated training set."""
+    if np.ndim(images) != 4 or np.shape(images)[0] < 2:
+      raise ValueError(f"amg needs ≥ 2 training images [U, H, W, C], got shape {np.shape(images)}.")
+    return dataclasses.replace(self, images=np.asarray(images, np.float32))
+
+  def predict(self, s: rule.StepSignals, state: PyTree, *, schedule: NoiseSchedule,
+              branches: rule.Branches, clip_x0: bool) -> tuple[jax.Array, jax.Array, PyTree]:
+    """Steps 1–4 of Chen et al.'s guidance at one step (σ, despecification, dissimilarity)."""
+    if self.images is None:
+      raise ValueError("amg needs the de-duplicated training images: build it with "
+                       "rule.with_images(images) (the study does this from the training data).")
+    x_t, eps_c, eps_u, t = s.x_t, s.eps_c, s.eps_u, s.t
+    B = x_t.shape[0]  # noqa: N806
+    points = jnp.asarray(self.images, x_t.dtype).reshape(np.shape(self.images)[0], -1)
+    if points.shape[1] != int(np.prod(x_t.shape[1:])):
+      raise ValueError(f"amg's training images {np.shape(self.images)[1:]} do not match the samples' "
+                       f"shape {x_t.shape[1:]}.")
+    flat = lambda a: a.reshape(B, -1)  # noqa: E731
+    ab = schedule.alpha_bar[t]
+
+    def x0_of(x, eps):
+      x0 = (x - jnp.sqrt(1.0 - ab) * eps) / jnp.sqrt(ab)  # x̂₀ = (x_t − √(1−ᾱ) ε̂)/√ᾱ
+      return jnp.clip(x0, -1.0, 1.0) if clip_x0 else x0
+
+    x0 = x0_of(x_t, guidance.guide(eps_c, eps_u, jnp.full((B,), self.w)))
+    idx, _ = nearest_two(flat(x0), points)
+    nn1, nn2 = points[idx[:, 0]], points[idx[:, 1]]
+    sigma = similarity(flat(x0), nn1, nn2)
+    triggered = sigma > self.threshold
+    w = despecified_weight(self, sigma) if self.c_spe > 0 else jnp.full((B,), self.w)
+    eps = guidance.guide(eps_c, eps_u, w)  # ε̂ with the despecified w
+    if self.c_sim > 0 and self.through_model:
+      def sigma_sum(x):  # Σ_i σ_i(x): samples are independent, so its gradient is per sample
+        e_c, e_u = branches(x)
+        x0_x = x0_of(x, guidance.guide(e_c, e_u, jax.lax.stop_gradient(w)))
+        return jnp.sum(similarity(flat(x0_x), nn1, nn2))
+      grad = jax.lax.cond(jnp.any(triggered), jax.grad(sigma_sum), jnp.zeros_like, x_t)
+    elif self.c_sim > 0:  # ε̂ held fixed: ∂x̂₀/∂x_t = I/√ᾱ, so ∇_{x_t} σ = ∇_{x̂₀} σ / √ᾱ
+      sigma_of = lambda x0f: jnp.sum(similarity(x0f, nn1, nn2))  # noqa: E731
+      grad = jax.grad(sigma_of)(flat(x0_of(x_t, eps))).reshape(x_t.shape) / jnp.sqrt(ab)
+    if self.c_sim > 0:
+      push = self.c_sim * jnp.sqrt(1.0 - ab) * grad  # + c_sim √(1−ᾱ) ∇σ: x̂₀ moves down σ's slope
+      eps = eps + jnp.where(triggered.reshape((B,) + (1,) * (x_t.ndim - 1)), push, 0.0)
+    first = jnp.where((state.transition_step < 0) & triggered, s.k, state.transition_step)
+    return eps, w, rule.GuidanceState(transition_step=first.astype(jnp.int32))
+
+
+def _embed_fn(m: rule.Rule, ctx: rule.Preparation) -> Callable:
+  if ctx.embed_fn is None:
+    raise ValueError(f"{m.name} needs the model's condition embedding: pass embed_fn to the sampler "
+                     f"(the study passes UNet.embed_condition).")
+  return ctx.embed_fn
 
 
 MITIGATIONS = {"wen": EmbeddingOptimisation, "amg": AntiMemorization, "cads": ConditionAnnealing}
@@ -267,39 +378,6 @@ def anneal_condition(y: jax.Array, gamma: jax.Array, noise: jax.Array, *, s: flo
     y_rs = (y_hat - mean_h) / jnp.where(std_h > 0, std_h, 1.0) * std_y + mean_y
     y_hat = psi * y_rs + (1.0 - psi) * y_hat
   return jnp.where(g >= 1.0, y, y_hat)
-
-
-def cads_fields(keys: jax.Array, on: bool | jax.Array, batch: int) -> dict[str, jax.Array]:
-  """The condition fields `annealed_eps_fn` reads: per-row key data [B, 2] uint32 and a flag [B]
-  (1 = the conditional branch, noised; 0 = the null branch, left alone)."""
-  return {"cads_key": jnp.asarray(keys, jnp.uint32).reshape(batch, -1),
-          "cads_on": jnp.broadcast_to(jnp.asarray(on, jnp.float32), (batch,))}
-
-
-def annealed_eps_fn(eps_fn: Callable, cads: ConditionAnnealing, T: int) -> Callable:  # noqa: N803
-  """An eps_fn for `samplers.sample` that applies CADS to the condition rows flagged `cads_on`.
-
-  The condition must be an embedding dict (minidiff.nn.unet) with the `cads_fields`; the noise of
-  row i at timestep t is drawn from fold_in(key_i, t), so each sample and step has its own draw,
-  the same in every batch split. The fields are removed before `eps_fn` is called.
-  """
-  def wrapped(x_t, t, cond):
-    cond = dict(cond)
-    keys, on = cond.pop("cads_key"), cond.pop("cads_on")
-    if cads.s == 0:
-      return eps_fn(x_t, t, cond)
-    y = cond["embedding"]
-    t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (y.shape[0],))
-    draw = lambda k, tt: jax.random.normal(  # noqa: E731
-        jax.random.fold_in(jax.random.wrap_key_data(k), tt), y.shape[1:], y.dtype)
-    noise = jax.vmap(draw)(keys, t)
-    gamma = cads_gamma(t, T, tau1=cads.tau1, tau2=cads.tau2)
-    gamma = jnp.where(on > 0, gamma, 1.0)  # the null branch: γ = 1, untouched
-    cond["embedding"] = anneal_condition(y, gamma, noise, s=cads.s, psi=cads.psi,
-                                         rescale=bool(cads.rescale), mask=cond.get("mask"))
-    return eps_fn(x_t, t, cond)
-
-  return wrapped
 
 
 # --- AMG: nearest training images and the similarity ---------------------------------------------

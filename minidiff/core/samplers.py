@@ -1,10 +1,12 @@
 """DDIM (Song et al. 2021), DDPM ancestral (Ho et al. 2020) and DPM-Solver++(2M) (Lu et al. 2022)
 sampling with per-step guidance.
 
-The whole loop is one `jax.lax.scan` over a time grid built before it; each step's PRNG key is
-split up front and passed in as scan data. Per step: one forward pass for the branches the
-strategy needs (cond and null concatenated into a 2B batch), w from the strategy, the guided
-ε̂ = ε_u + w·(ε_c − ε_u), then the sampler's stepper. A stepper (`Stepper`) has `init(x_T)` (the
+The whole loop is one `jax.lax.fori_loop` over a time grid built before it (`_run_steps`, the one
+sampling loop of the package: every guidance rule runs in it with every stepper); each step's PRNG
+key is split up front. Per step: the conditions the rule's branches see, one forward pass for the
+branches the rule needs (cond and null concatenated into a 2B batch), the rule's guided ε̂ (for a
+w-strategy ε̂ = ε_u + w·(ε_c − ε_u)), then the sampler's stepper, then the rule's `after_step`
+(minidiff.core.rule has the interface). A stepper (`Stepper`) has `init(x_T)` (the
 solver state it carries between steps: nothing for DDIM and DDPM, the previous x̂₀ and step size
 for the multistep DPM-Solver++) and `step(...)`; `ddim_step` and `ddpm_step` are one-step
 functions of one signature, wrapped as `OneStep` steppers.
@@ -23,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from minidiff.core import guidance, transitions
-from minidiff.core.guidance import Strategy
+from minidiff.core import guidance, registry, rule, transitions
+from minidiff.core.rule import Rule
 from minidiff.core.schedule import NoiseSchedule
 
 PyTree = Any
@@ -47,6 +49,7 @@ class Diagnostics:
   w: jax.Array  # [S, B] guidance weight applied
   transition_step: jax.Array  # [B] int32 step k where w_post took over, −1 if never / n.a.
   x0: jax.Array  # [len(x0_steps), B, H, W, C] the (clipped) x̂₀ at the chosen step indices
+  rule_state: Any = None  # the rule's carried state after the last step (pytree, [B] leaves)
 
 
 def time_grid(T: int, num_steps: int, spacing: str = "uniform") -> np.ndarray:  # noqa: N803
@@ -278,7 +281,7 @@ def make_stepper(sampler: "str | Stepper") -> Stepper:
 class _Plan:
   """Everything about a run that is fixed before tracing (validated on the host)."""
 
-  strategy: Strategy
+  strategy: Rule
   stepper: Stepper
   use_cond: bool
   use_uncond: bool
@@ -291,9 +294,10 @@ class _Plan:
 def _plan(schedule, strategy, sampler, num_steps, eta, spacing, x0_steps, compute_d) -> _Plan:
   """Validates every option and precomputes the grid; raises ValueError before any compile."""
   if isinstance(strategy, str):
-    strategy = guidance.make_strategy(strategy)
-  if not isinstance(strategy, Strategy):
-    raise ValueError(f"strategy must be a guidance.Strategy or one of {guidance.STRATEGY_NAMES}.")
+    strategy = registry.make_rule(strategy)
+  if not isinstance(strategy, Rule):
+    raise ValueError(f"strategy must be a guidance rule (minidiff.core.rule.Rule) or one of "
+                     f"{registry.RULE_NAMES}, got {strategy!r}.")
   stepper = make_stepper(sampler)
   if not 0.0 <= eta <= 1.0:
     raise ValueError(f"eta must lie in [0, 1], got {eta!r}.")
@@ -317,35 +321,106 @@ def _plan(schedule, strategy, sampler, num_steps, eta, spacing, x0_steps, comput
 
 def _guided_step(plan: _Plan, eps_fn, schedule, cond, null_cond, eta, clip_x0,
                  x_t, state, solver, k, t, t_prev, key):
-  """One sampling step: forward pass, w, guided ε̂, sampler update (solver: the stepper's state)."""
+  """One sampling step: the rule's conditions, one forward pass, the rule's ε̂, the stepper, the
+  rule's after_step (solver: the stepper's state). Returns (x_prev, x̂₀, state, solver, record)."""
   B = x_t.shape[0]  # noqa: N806
-  eps_c, eps_u = guidance.predict_branches(
-      eps_fn, x_t, jnp.full((B,), t, jnp.int32), cond, null_cond,
-      use_cond=plan.use_cond, use_uncond=plan.use_uncond)
+  t_b = jnp.full((B,), t, jnp.int32)
+  cond_k, null_k = plan.strategy.conditions(state, k, t, cond, null_cond, schedule=schedule)
+
+  def branches(x):  # ε_c, ε_u at x in one forward pass, at this step's t and conditions
+    return guidance.predict_branches(eps_fn, x, t_b, cond_k, null_k, use_cond=plan.use_cond,
+                                     use_uncond=plan.use_uncond)
+
+  eps_c, eps_u = branches(x_t)
   if plan.use_cond and plan.use_uncond:
     d_eps = jnp.linalg.norm((eps_c - eps_u).reshape(B, -1), axis=1)  # d_t = ‖ε_c − ε_u‖₂
   else:
     d_eps = jnp.full((B,), jnp.nan, x_t.dtype)
   # x̂₀ = (x_t − √(1−ᾱ)ε)/√ᾱ, so ‖x̂₀_c − x̂₀_u‖ = σ_t ‖ε_c − ε_u‖ with σ_t = √((1−ᾱ_t)/ᾱ_t)
   d_x0 = d_eps * schedule.sigma(t)
-  w, state = plan.strategy.weight(state, k, t, d_eps, d_x0, schedule=schedule)
-  if eps_u is None:
-    eps = eps_c  # only ever w = 1
-  elif eps_c is None:
-    eps = eps_u  # only ever w = 0
-  else:
-    eps = guidance.guide(eps_c, eps_u, w)  # ε̂ = ε_u + w (ε_c − ε_u)
+  signals = rule.StepSignals(k=k, t=t, x_t=x_t, eps_c=eps_c, eps_u=eps_u, d_eps=d_eps, d_x0=d_x0)
+  eps, w, state = plan.strategy.predict(signals, state, schedule=schedule, branches=branches,
+                                        clip_x0=clip_x0)
   x_prev, x0_hat, solver = plan.stepper.step(schedule, solver, x_t, eps, t, t_prev, key, eta=eta,
                                              clip_x0=clip_x0)
+  state = plan.strategy.after_step(state, k, x_t, x_prev)
   return x_prev, x0_hat, state, solver, (d_eps, d_x0, w)
 
 
 def _scan_data(plan: _Plan, key: jax.Array):
+  """(k, t_k, t_{k+1}, key_k, snapshot slot_k) of every step, each with a leading [S] axis."""
   S = len(plan.grid)  # noqa: N806
   t_prev = np.append(plan.grid[1:], -1).astype(np.int32)
   keys = jax.random.split(key, S)  # one fresh key per step, never reused
   return (jnp.arange(S, dtype=jnp.int32), jnp.asarray(plan.grid), jnp.asarray(t_prev), keys,
           jnp.asarray(plan.slots))
+
+
+@struct.dataclass
+class _Carry:
+  """What the sampling loop carries from step to step."""
+
+  x: jax.Array  # [B, H, W, C] x_t before the step
+  state: PyTree  # the rule's per-sample state
+  solver: PyTree  # the stepper's state
+  snaps: jax.Array  # [num_snapshots + 1, B, H, W, C] recorded x̂₀ (the last row is scratch)
+  record: tuple  # (d_eps, d_x0, w), each [S, B]
+  kept: PyTree  # None, or (x_t, solver state) before every step [S + 1, …] (shared prefixes)
+
+
+def _run_steps(plan: _Plan, eps_fn, schedule, cond, null_cond, eta, clip_x0, key,
+               k_start, k_stop, carry: _Carry) -> _Carry:
+  """THE sampling loop: steps k_start … k_stop − 1 of the plan's grid (bounds may be traced).
+
+  Step k uses key k of `split(key, S)` whatever k_start is, so a run continued from a snapshot
+  draws the same noise as the full run.
+  """
+  ks, ts, t_prevs, keys, slots = _scan_data(plan, key)
+
+  def body(k, c: _Carry) -> _Carry:
+    kept = c.kept
+    if kept is not None:  # x_t and the solver state before step k (the arms' snapshots)
+      kept = jax.tree.map(lambda b, v: b.at[k].set(v), kept, (c.x, c.solver))
+    x_prev, x0_hat, state, solver, (de, dx, w) = _guided_step(
+        plan, eps_fn, schedule, cond, null_cond, eta, clip_x0, c.x, c.state, c.solver,
+        ks[k], ts[k], t_prevs[k], keys[k])
+    snaps = c.snaps.at[slots[k]].set(x0_hat)  # slot n is a scratch row for unrecorded steps
+    d_eps, d_x0, w_all = c.record
+    record = (d_eps.at[k].set(de), d_x0.at[k].set(dx), w_all.at[k].set(w))
+    return _Carry(x_prev, state, solver, snaps, record, kept)
+
+  return jax.lax.fori_loop(k_start, k_stop, body, carry)
+
+
+def _start(plan: _Plan, x_T, state, *, keep: bool = False) -> _Carry:  # noqa: N803
+  """The loop's carry before step 0 (records NaN until a step writes them)."""
+  S, B = len(plan.grid), x_T.shape[0]  # noqa: N806
+  nan = jnp.full((S, B), jnp.nan, x_T.dtype)
+  solver = plan.stepper.init(x_T)
+  kept = None
+  if keep:
+    kept = jax.tree.map(lambda v: jnp.zeros((S + 1,) + jnp.shape(v), jnp.asarray(v).dtype),
+                        (x_T, solver))
+  snaps = jnp.zeros((plan.num_snapshots + 1,) + x_T.shape, x_T.dtype)
+  return _Carry(x_T, state, solver, snaps, (nan, nan, nan), kept)
+
+
+def _diagnostics(plan: _Plan, c: _Carry) -> "Diagnostics":
+  d_eps, d_x0, w = c.record
+  return Diagnostics(t=jnp.asarray(plan.grid), d_eps=d_eps, d_x0=d_x0, w=w,
+                     transition_step=c.state.transition_step, x0=c.snaps[plan.snapshot_order],
+                     rule_state=c.state)
+
+
+def _prepare(plan: _Plan, eps_fn, embed_fn, schedule, x_T, cond, null_cond, key, run):  # noqa: N803
+  """The rule's `prepare`: (cond, null_cond, initial state) the loop runs with."""
+  ctx = rule.Preparation(eps_fn=eps_fn, embed_fn=embed_fn, x_T=x_T, cond=cond,
+                         null_cond=null_cond, key=key, grid=plan.grid, schedule=schedule, run=run)
+  prepared = plan.strategy.prepare(ctx)
+  state = prepared.state
+  if state is None:
+    state = plan.strategy.init_state(x_T.shape[0])
+  return prepared.cond, prepared.null_cond, state
 
 
 def sample(
@@ -364,8 +439,9 @@ def sample(
     clip_x0: bool = True,
     x0_steps: Sequence[int] = (),
     compute_d: bool = False,
+    embed_fn: Callable | None = None,
 ) -> tuple[jax.Array, Diagnostics]:
-  """Samples x₀ from x_T with guidance, as one `lax.scan` over the time grid.
+  """Samples x₀ from x_T with a guidance rule, as one loop over the time grid (one XLA program).
 
   Args:
     eps_fn: denoiser `eps_fn(x_t [B,H,W,C], t [B] int32, cond) -> ε [B,H,W,C]`.
@@ -374,7 +450,8 @@ def sample(
     cond: condition pytree with leading dim B (may be None if the strategy never needs it).
     null_cond: null condition, same structure (may be None if never needed).
     key: PRNG key; split into one key per step.
-    strategy: a `guidance.Strategy` or a strategy name (its defaults).
+    strategy: a guidance rule (minidiff.core.rule.Rule: a strategy, a transition rule, a peer's
+      mitigation) or a registered rule name (its defaults).
     sampler: "ddim", "ddpm" (ancestral; ignores eta), "dpmpp_2m" (DPM-Solver++(2M),
       deterministic; ignores eta) or a `Stepper`.
     num_steps: S, 1 ≤ S ≤ T.
@@ -383,27 +460,22 @@ def sample(
     clip_x0: clip x̂₀ to [−1, 1] at every step.
     x0_steps: step indices k (negative counts from the end, repeats allowed) whose x̂₀ is recorded.
     compute_d: evaluate both branches even if the strategy needs one, so d_eps/d_x0 are filled.
+    embed_fn: cond → the model's condition-embedding dict, for the rules that act on the
+      embedding (wen, cads); None for the others.
 
   Returns:
     (x₀ [B, H, W, C], Diagnostics).
   """
   plan = _plan(schedule, strategy, sampler, num_steps, eta, spacing, x0_steps, compute_d)
   _check_conds(plan, cond, null_cond)
-
-  def body(carry, xs):
-    x_t, state, solver, snaps = carry
-    k, t, t_prev, step_key, slot = xs
-    x_prev, x0_hat, state, solver, record = _guided_step(
-        plan, eps_fn, schedule, cond, null_cond, eta, clip_x0, x_t, state, solver, k, t, t_prev,
-        step_key)
-    snaps = snaps.at[slot].set(x0_hat)  # slot n is a scratch row for unrecorded steps
-    return (x_prev, state, solver, snaps), record
-
-  snaps = jnp.zeros((plan.num_snapshots + 1,) + x_T.shape, x_T.dtype)
-  init = (x_T, plan.strategy.init_state(x_T.shape[0]), plan.stepper.init(x_T), snaps)
-  (x_0, state, _, snaps), (d_eps, d_x0, w) = jax.lax.scan(body, init, _scan_data(plan, key))
-  return x_0, Diagnostics(t=jnp.asarray(plan.grid), d_eps=d_eps, d_x0=d_x0, w=w,
-                          transition_step=state.transition_step, x0=snaps[plan.snapshot_order])
+  options = dict(sampler=sampler, num_steps=num_steps, eta=eta, spacing=spacing, clip_x0=clip_x0,
+                 embed_fn=embed_fn)
+  run = lambda r: sample(eps_fn, schedule, x_T, cond, null_cond, key, strategy=r, **options)  # noqa: E731
+  cond, null_cond, state = _prepare(plan, eps_fn, embed_fn, schedule, x_T, cond, null_cond, key,
+                                    run)
+  c = _run_steps(plan, eps_fn, schedule, cond, null_cond, eta, clip_x0, key, 0, len(plan.grid),
+                 _start(plan, x_T, state))
+  return c.x, _diagnostics(plan, c)
 
 
 def sample_reference(
@@ -422,6 +494,7 @@ def sample_reference(
     clip_x0: bool = True,
     x0_steps: Sequence[int] = (),
     compute_d: bool = False,
+    embed_fn: Callable | None = None,
     jit_step: bool = True,
 ) -> tuple[jax.Array, Diagnostics]:
   """`sample` as a plain Python loop over steps (same keys, same math), for tests and benchmarks.
@@ -430,6 +503,12 @@ def sample_reference(
   """
   plan = _plan(schedule, strategy, sampler, num_steps, eta, spacing, x0_steps, compute_d)
   _check_conds(plan, cond, null_cond)
+  options = dict(sampler=sampler, num_steps=num_steps, eta=eta, spacing=spacing, clip_x0=clip_x0,
+                 embed_fn=embed_fn, jit_step=jit_step)
+  run = lambda r: sample_reference(eps_fn, schedule, x_T, cond, null_cond, key, strategy=r,  # noqa: E731
+                                   **options)
+  cond, null_cond, state0 = _prepare(plan, eps_fn, embed_fn, schedule, x_T, cond, null_cond, key,
+                                     run)
 
   def step(x_t, state, solver, k, t, t_prev, step_key):
     return _guided_step(plan, eps_fn, schedule, cond, null_cond, eta, clip_x0,
@@ -437,7 +516,7 @@ def sample_reference(
 
   step = jax.jit(step) if jit_step else step
   ks, ts, t_prevs, keys, _ = _scan_data(plan, key)
-  x, state, solver = x_T, plan.strategy.init_state(x_T.shape[0]), plan.stepper.init(x_T)
+  x, state, solver = x_T, state0, plan.stepper.init(x_T)
   records, snaps = [], {}
   for k in range(len(plan.grid)):
     x, x0_hat, state, solver, record = step(x, state, solver, ks[k], ts[k], t_prevs[k], keys[k])
@@ -448,7 +527,7 @@ def sample_reference(
   x0 = (jnp.stack([snaps[int(i)] for i in plan.snapshot_order]) if snaps
         else jnp.zeros((0,) + x_T.shape, x_T.dtype))
   return x, Diagnostics(t=jnp.asarray(plan.grid), d_eps=d_eps, d_x0=d_x0, w=w,
-                        transition_step=state.transition_step, x0=x0)
+                        transition_step=state.transition_step, x0=x0, rule_state=state)
 
 
 def _check_conds(plan: _Plan, cond: PyTree, null_cond: PyTree) -> None:
@@ -470,12 +549,14 @@ def make_sampler(
     clip_x0: bool = True,
     x0_steps: Sequence[int] = (),
     compute_d: bool = False,
+    embed_apply: Callable[[PyTree, PyTree], PyTree] | None = None,
 ) -> Callable[[PyTree, jax.Array, PyTree, PyTree, jax.Array], tuple[jax.Array, Diagnostics]]:
   """Builds a jitted `(params, x_T, cond, null_cond, key) -> (x₀, Diagnostics)`.
 
   `eps_apply(params, x_t, t, cond)` is the model; its params are a jit argument, not a baked
-  constant. Options are validated here, before any compile; they mean what they mean in `sample`.
-  The schedule and the grid are compile-time constants.
+  constant; `embed_apply(params, cond)` its condition embedding (for wen and cads). Options are
+  validated here, before any compile; they mean what they mean in `sample`. The schedule and the
+  grid are compile-time constants.
   """
   options = dict(strategy=strategy, sampler=sampler, num_steps=num_steps, eta=eta, spacing=spacing,
                  clip_x0=clip_x0, x0_steps=tuple(x0_steps), compute_d=compute_d)
@@ -485,7 +566,8 @@ def make_sampler(
   @jax.jit
   def run(params, x_T, cond, null_cond, key):  # noqa: N803
     eps_fn = lambda x_t, t, c: eps_apply(params, x_t, t, c)  # noqa: E731
-    return sample(eps_fn, schedule, x_T, cond, null_cond, key, **options)
+    embed_fn = None if embed_apply is None else (lambda c: embed_apply(params, c))
+    return sample(eps_fn, schedule, x_T, cond, null_cond, key, embed_fn=embed_fn, **options)
 
   return run
 
@@ -530,41 +612,25 @@ def sample_switch_family(
   pre = _plan(schedule, guidance.Constant(w=w_pre), sampler, num_steps, eta, spacing, (), True)
   post = _plan(schedule, guidance.Constant(w=w_post), sampler, num_steps, eta, spacing, (), True)
   _check_conds(post, cond, null_cond)
-  S = len(pre.grid)  # noqa: N806
-  ks, ts, t_prevs, keys, _ = _scan_data(pre, key)
-  B = x_T.shape[0]  # noqa: N806
+  S, B = len(pre.grid), x_T.shape[0]  # noqa: N806
   switch_steps = jnp.asarray(switch_steps, jnp.int32)
-  nan = jnp.full((S, B), jnp.nan, x_T.dtype)
-
-  def segment(plan, k_start, k_stop, x, solver, record, bufs):
-    def body(k, carry):
-      x_t, solver, (d_eps, d_x0, w), bufs = carry
-      if bufs is not None:  # x_t and the solver state before step k (the arms' snapshots)
-        bufs = jax.tree.map(lambda b, v: b.at[k].set(v), bufs, (x_t, solver))
-      x_prev, _, _, solver, (de, dx, wk) = _guided_step(
-          plan, eps_fn, schedule, cond, null_cond, eta, clip_x0, x_t,
-          plan.strategy.init_state(B), solver, ks[k], ts[k], t_prevs[k], keys[k])
-      return x_prev, solver, (d_eps.at[k].set(de), d_x0.at[k].set(dx), w.at[k].set(wk)), bufs
-    return jax.lax.fori_loop(k_start, k_stop, body, (x, solver, record, bufs))
 
   # The shared start: w_pre up to the last arm's switch, x_t (and the solver state) kept before
   # every step.
-  solver0 = pre.stepper.init(x_T)
-  bufs = jax.tree.map(lambda v: jnp.zeros((S + 1,) + jnp.shape(v), jnp.asarray(v).dtype),
-                      (x_T, solver0))
   k_max = jnp.max(switch_steps)
-  x_last, solver_last, pre_record, bufs = segment(pre, 0, k_max, x_T, solver0, (nan, nan, nan),
-                                                  bufs)
-  bufs = jax.tree.map(lambda b, v: b.at[k_max].set(v), bufs, (x_last, solver_last))
+  shared = _run_steps(pre, eps_fn, schedule, cond, null_cond, eta, clip_x0, key, 0, k_max,
+                      _start(pre, x_T, pre.strategy.init_state(B), keep=True))
+  kept = jax.tree.map(lambda b, v: b.at[k_max].set(v), shared.kept, (shared.x, shared.solver))
 
   def arm(k_a):
     # Each arm: from its snapshot x_{k_a}, w_post to the end (steps ≥ k_a of the prefix record
     # are overwritten; steps < k_a keep w_pre's record).
     mask = (jnp.arange(S) < k_a)[:, None]
-    record = tuple(jnp.where(mask, r, jnp.nan) for r in pre_record)
-    x_a, solver_a = jax.tree.map(lambda b: b[k_a], bufs)
-    x0, _, record, _ = segment(post, k_a, S, x_a, solver_a, record, None)
-    return x0, record
+    record = tuple(jnp.where(mask, r, jnp.nan) for r in shared.record)
+    x_a, solver_a = jax.tree.map(lambda b: b[k_a], kept)
+    start = _Carry(x_a, post.strategy.init_state(B), solver_a, shared.snaps[:1], record, None)
+    c = _run_steps(post, eps_fn, schedule, cond, null_cond, eta, clip_x0, key, k_a, S, start)
+    return c.x, c.record
 
   x0, (d_eps, d_x0, w) = jax.lax.map(arm, switch_steps)
   transition = jnp.where(switch_steps < S, switch_steps, -1)
@@ -574,7 +640,7 @@ def sample_switch_family(
 
 
 @struct.dataclass
-class TwoPass:
+class TwoPassResult:
   """What the authors' two-pass rule adds to the second pass's Diagnostics."""
 
   cos_dist: jax.Array  # [S, B] first pass: 1 − cos(x_k, x_{k+1}) around each step k
@@ -597,42 +663,18 @@ def sample_two_pass(
     eta: float = 0.0,
     spacing: str = "uniform",
     clip_x0: bool = True,
-) -> tuple[jax.Array, Diagnostics, TwoPass]:
-  """The authors' released rule for opposite guidance + dynamic transition, both passes, per sample.
-
-  Pass 1 samples from x_T with opposite guidance w = −s throughout and records, per sample, the
-  cosine distance between consecutive iterates, 1 − cos(x_k, x_{k+1}) (flattened). The transition
-  is `transitions.two_pass_transition` of it (the first local minimum; the second if the first is
-  at index 1; `fallback_step` if none). Pass 2 restarts from the same x_T with the same keys and
-  uses −s before the transition and w_post from it on. Traceable: jit it as one program; any batch.
+) -> tuple[jax.Array, Diagnostics, TwoPassResult]:
+  """`sample` with the two-pass rule (`transitions.TwoPass`), returning what its first pass found.
 
   Returns:
-    (x₀ [B, H, W, C] of pass 2, pass 2's Diagnostics, TwoPass with pass 1's cosine distances).
+    (x₀ [B, H, W, C] of pass 2, pass 2's Diagnostics, TwoPassResult with pass 1's cosine
+    distances and each sample's switch step).
   """
-  if isinstance(s, bool) or not isinstance(s, (int, float)) or not (math.isfinite(s) and s > 0):
-    raise ValueError(f"sample_two_pass: the opposite-guidance scale s must be a number > 0, got {s!r}.")
-  if not isinstance(fallback_step, int) or not 0 <= fallback_step < num_steps:
-    raise ValueError(f"sample_two_pass: fallback_step must be a step index in [0, {num_steps}), "
-                     f"got {fallback_step!r}.")
-  first = _plan(schedule, guidance.Constant(w=-float(s)), sampler, num_steps, eta, spacing, (),
-                False)
-  _check_conds(first, cond, null_cond)
-
-  def body(carry, xs):
-    x_t, state, solver = carry
-    k, t, t_prev, step_key, _ = xs
-    x_prev, _, state, solver, _ = _guided_step(
-        first, eps_fn, schedule, cond, null_cond, eta, clip_x0, x_t, state, solver, k, t, t_prev,
-        step_key)
-    return (x_prev, state, solver), transitions.cosine_distance(x_t, x_prev)
-
-  init = (x_T, first.strategy.init_state(x_T.shape[0]), first.stepper.init(x_T))
-  _, cos_dist = jax.lax.scan(body, init, _scan_data(first, key))
-  tp = transitions.two_pass_transition(cos_dist, fallback_step=fallback_step)
-  second = transitions.StepSwitch(w_pre=-float(s), w_post=float(w_post), steps=tp)
-  x0, diag = sample(eps_fn, schedule, x_T, cond, null_cond, key, strategy=second, sampler=sampler,
+  two = transitions.TwoPass(s=s, w_post=w_post, fallback_step=fallback_step)
+  x0, diag = sample(eps_fn, schedule, x_T, cond, null_cond, key, strategy=two, sampler=sampler,
                     num_steps=num_steps, eta=eta, spacing=spacing, clip_x0=clip_x0)
-  return x0, diag, TwoPass(cos_dist=cos_dist, transition_step=tp)
+  return x0, diag, TwoPassResult(cos_dist=diag.rule_state.cos_dist,
+                                 transition_step=diag.rule_state.steps)
 
 
 def switch_step(grid: np.ndarray, tau: int) -> int:

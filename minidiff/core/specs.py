@@ -2,7 +2,7 @@
 
 A guidance spec is `name[:param=value[:param=value]]`, e.g. `static:tau=600:w_post=3`; a text spec
 may add a prompt perturbation of Somepalli et al. 2023 after a "+", e.g. `cfg+random_tokens:k=4`.
-Parsing checks names, parameters and ranges and builds the strategies (minidiff.core.guidance) and
+Parsing checks names, parameters and ranges and builds the rules (minidiff.core.registry) and
 the perturbation parameters; it runs nothing. The perturbations themselves (inserting words,
 drawing the embedding noise) are minidiff.study.perturbation's. A leaf of the core: the config
 layer validates `config.study.guidance` with it.
@@ -19,28 +19,12 @@ import math
 import re
 from typing import Any, Sequence
 
-from minidiff.core import guidance, mitigations, transitions
+from minidiff.core import registry, rule
 
-# Every name a guidance spec may start with: guidance's strategies and the transition rules
-# `peak_drop` and `peak_passed` (minidiff.core.transitions.RULES), which are dynamic-CFG arms.
-STRATEGY_NAMES: tuple[str, ...] = guidance.STRATEGY_NAMES + tuple(transitions.RULES)
-
-
-def strategy_params(name: str) -> dict[str, Any]:
-  """The overridable parameters of strategy or transition rule `name` with their defaults."""
-  if name in transitions.RULES:
-    return transitions.rule_params(name)
-  if name not in guidance.STRATEGY_NAMES + guidance.MITIGATION_NAMES:
-    raise ValueError(f"Unknown guidance strategy {name!r}; choose one of "
-                     f"{STRATEGY_NAMES + guidance.MITIGATION_NAMES}.")
-  return guidance.strategy_params(name)
-
-
-def make_strategy(name: str, **overrides: Any) -> guidance.Strategy | mitigations.Mitigation:
-  """Builds strategy or transition rule `name` with (string) keyword overrides."""
-  if name in transitions.RULES:
-    return transitions.make_rule(name, **overrides)
-  return guidance.make_strategy(name, **overrides)
+# Every name a guidance spec may start with (minidiff.core.registry: one class per name).
+STRATEGY_NAMES: tuple[str, ...] = registry.RULE_NAMES
+strategy_params = registry.rule_params
+make_strategy = registry.make_rule
 
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -151,7 +135,7 @@ def slug(label: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class GuidanceSpec:
   label: str  # the spec as written, e.g. "static:tau=600"
-  strategy: guidance.Strategy
+  strategy: rule.Rule
 
   @property
   def slug(self) -> str:
@@ -293,7 +277,7 @@ class TextSpec:
   perturbation: Perturbation | None
 
   @property
-  def strategy(self) -> guidance.Strategy:
+  def strategy(self) -> rule.Rule:
     return self.guidance.strategy
 
   @property
@@ -306,7 +290,7 @@ def parse_specs(specs: str | Sequence[str], *, T: int, overrides: dict[str, str]
   """Parses comma-separated `guidance[+perturbation]` specs (ValueError before any compile)."""
   items = _split(specs)
   if not items:
-    raise ValueError("No guidance strategy given; choose from the names in minidiff.core.guidance.")
+    raise ValueError("No guidance strategy given; choose from " + ", ".join(STRATEGY_NAMES))
   parts = [item.split("+", 1) for item in items]
   bases = list(dict.fromkeys(p[0].strip() for p in parts))  # each guidance spec parsed once
   by_base = {g.label: g for g in parse_guidance(bases, T=T, overrides=overrides)}

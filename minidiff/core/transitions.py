@@ -12,14 +12,15 @@ Rules:
     (reused here, not copied);
   - `PeakDrop` (new): fires once d has fallen to a fraction of its running peak;
   - `PeakPassed` (new): fires once d has not exceeded its running peak for `lag` steps;
-  - `two_pass_transition`: the authors' two-pass opposite-guidance rule on the cosine distance
-    1 − cos(x_k, x_{k+1}) of a first pass (see `samplers.sample_two_pass`);
+  - `TwoPass` (`two_pass`): the authors' two-pass opposite-guidance rule: a first pass under
+    w = −s records the cosine distance 1 − cos(x_k, x_{k+1}); `two_pass_transition` of it is each
+    sample's switch step for the second pass (the rule's `prepare` runs the first pass);
   - `StepSwitch`: the strategy that switches each sample at a given step (the second pass, or an
     oracle that switches at the true transition k*).
 
-The running-peak rules have spec names (`RULES`, parsed by minidiff.core.specs beside guidance's
-strategies): `peak_drop[:fraction=…:measure=…:min_step=…]` and `peak_passed[:lag=…:measure=…]`,
-each with w_pre and w_post — a dynamic-CFG arm like `dynamic`.
+The spec names `peak_drop[:fraction=…:measure=…:min_step=…]`, `peak_passed[:lag=…:measure=…]`
+(each with w_pre and w_post: dynamic-CFG arms like `dynamic`) and `two_pass[:s=…:w_post=…]` are
+registered by their classes (minidiff.core.registry).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from minidiff.core import guidance
+from minidiff.core import guidance, rule
 from minidiff.core.schedule import NoiseSchedule
 
 PyTree = Any
@@ -96,6 +97,10 @@ class PeakDrop(_PeakRule):
   wiggles of the first steps; a threshold relative to the running peak needs neither.
   """
 
+  name = "peak_drop"
+  family = "dynamic"
+  help = "per sample: w_post once d falls to `fraction` of its running peak"
+
   w_pre: float = 0.0
   w_post: float = 7.5
   measure: str = "x0"
@@ -125,6 +130,10 @@ class PeakPassed(_PeakRule):
   to single-step noise, at the price of firing `lag` steps after the turn.
   """
 
+  name = "peak_passed"
+  family = "dynamic"
+  help = "per sample: w_post once d has set no new peak for `lag` steps"
+
   w_pre: float = 0.0
   w_post: float = 7.5
   measure: str = "eps"
@@ -142,48 +151,6 @@ class PeakPassed(_PeakRule):
     since = jnp.where(d > state.peak, 0, state.since_peak + 1)  # steps since the peak, at k
     fires = (k >= self.min_step) & (since >= self.lag)
     return _latch(state, k, fires, d, self.w_pre, self.w_post)
-
-
-# Spec names of the online rules that are study arms (w_pre until the rule fires, w_post after).
-RULES: dict[str, type[_PeakRule]] = {"peak_drop": PeakDrop, "peak_passed": PeakPassed}
-
-
-def rule_params(name: str) -> dict[str, Any]:
-  """The parameters of rule `name` (a key of RULES) with their defaults."""
-  if name not in RULES:
-    raise ValueError(f"Unknown transition rule {name!r}; choose one of {tuple(RULES)}.")
-  return {f.name: f.default for f in dataclasses.fields(RULES[name])}
-
-
-def _coerce(value: Any, default: Any) -> Any:
-  """A spec's string as the type of the field's default ("2" → 2 for an int field)."""
-  if not isinstance(value, str) or isinstance(default, str):
-    return value
-  as_float = float(value)
-  if isinstance(default, int):
-    if not as_float.is_integer():
-      raise ValueError(f"expected an integer, got {value!r}")
-    return int(as_float)
-  return as_float
-
-
-def make_rule(name: str, **overrides: Any) -> _PeakRule:
-  """Builds rule `name` (a key of RULES) with keyword overrides, e.g. fraction=0.7, lag=2.
-
-  String values (from a spec) are converted to the field's type. Raises ValueError for unknown
-  names, unknown parameters or bad values (the rule's own checks).
-  """
-  params = rule_params(name)
-  unknown = sorted(set(overrides) - set(params))
-  if unknown:
-    raise ValueError(f"Strategy {name!r} has no parameter(s) {unknown}; valid: {sorted(params)}.")
-  kw = {}
-  for k, v in overrides.items():
-    try:
-      kw[k] = _coerce(v, params[k])
-    except ValueError as e:
-      raise ValueError(f"Strategy {name!r}: bad value {k}={v!r}: {e}.") from None
-  return RULES[name](**kw)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -207,7 +174,95 @@ class StepSwitch(guidance.Strategy):
     ts = jnp.where((state.transition_step < 0) & after, jnp.asarray(k, jnp.int32),
                    state.transition_step)
     w = jnp.where(after, self.w_post, self.w_pre).astype(jnp.float32)
-    return jnp.broadcast_to(w, d_eps.shape), guidance.GuidanceState(transition_step=ts)
+    return jnp.broadcast_to(w, d_eps.shape), rule.GuidanceState(transition_step=ts)
+
+
+@struct.dataclass
+class CosineTrace:
+  """State of a constant-w pass that records the authors' cosine distance at every step."""
+
+  transition_step: jax.Array  # [B] int32, always −1 (a constant w never switches)
+  cos_dist: jax.Array  # [S, B] 1 − cos(x_k, x_{k+1}) of step k (0 before it is taken)
+
+
+@dataclasses.dataclass(frozen=True)
+class _CosineRecorder(guidance.Constant):
+  """Constant w that records 1 − cos(x_k, x_{k+1}) per step: the two-pass rule's first pass."""
+
+  num_steps: int = 1
+
+  def init_state(self, batch: int) -> CosineTrace:
+    return CosineTrace(transition_step=jnp.full((batch,), -1, jnp.int32),
+                       cos_dist=jnp.zeros((self.num_steps, batch), jnp.float32))
+
+  def after_step(self, state, k, x_t, x_prev):
+    return state.replace(cos_dist=state.cos_dist.at[k].set(cosine_distance(x_t, x_prev)))
+
+
+@struct.dataclass
+class TwoPassState:
+  """State of the two-pass rule's second pass (all [B] unless noted)."""
+
+  transition_step: jax.Array  # int32 step from which w_post applies (latched)
+  steps: jax.Array  # int32 the switch step found by the first pass
+  cos_dist: jax.Array  # [S, B] the first pass's cosine distances
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoPass(guidance.Strategy):
+  """The authors' released rule for opposite guidance + dynamic transition, both passes, per sample.
+
+  Pass 1 (in `prepare`) samples from x_T with opposite guidance w = −s throughout and records, per
+  sample, the cosine distance 1 − cos(x_k, x_{k+1}) between consecutive iterates; the transition
+  is `two_pass_transition` of it (the first local minimum; the second if the first is at index 1;
+  `fallback_step` if none). Pass 2 (the loop) restarts from the same x_T with the same keys and
+  uses −s before the transition and w_post from it on. Costs two full sampling passes.
+  """
+
+  name = "two_pass"
+  family = "dynamic_opposite"
+  help = "opposite guidance, then w_post from the minimum of a first pass's cos distance " \
+         "(Jain et al.)"
+
+  s: float = 7.5
+  w_post: float = 7.5
+  fallback_step: int = 5
+
+  def __post_init__(self):
+    if isinstance(self.s, bool) or not isinstance(self.s, (int, float)) or not (
+        math.isfinite(self.s) and self.s > 0):
+      raise ValueError(f"two_pass: the opposite-guidance scale s must be a number > 0, got "
+                       f"{self.s!r}.")
+    rule.check_finite(w_post=self.w_post)
+    if not rule.is_integer(self.fallback_step) or self.fallback_step < 0:
+      raise ValueError(f"two_pass: fallback_step must be a step index ≥ 0, got "
+                       f"{self.fallback_step!r}.")
+    object.__setattr__(self, "fallback_step", int(self.fallback_step))
+
+  def levels(self) -> tuple[float, ...]:
+    return (-float(self.s), float(self.w_post))
+
+  def prepare(self, ctx: rule.Preparation) -> rule.Prepared:
+    S = len(ctx.grid)  # noqa: N806
+    if not 0 <= self.fallback_step < S:
+      raise ValueError(f"two_pass: fallback_step must be a step index in [0, {S}), got "
+                       f"{self.fallback_step!r}.")
+    _, first = ctx.run(_CosineRecorder(w=-float(self.s), num_steps=S))
+    cos_dist = first.rule_state.cos_dist
+    steps = two_pass_transition(cos_dist, fallback_step=self.fallback_step)
+    B = ctx.x_T.shape[0]  # noqa: N806
+    state = TwoPassState(transition_step=jnp.full((B,), -1, jnp.int32), steps=steps,
+                         cos_dist=cos_dist)
+    return rule.Prepared(ctx.cond, ctx.null_cond, state)
+
+  def init_state(self, batch: int) -> TwoPassState:
+    return TwoPassState(transition_step=jnp.full((batch,), -1, jnp.int32),
+                        steps=jnp.zeros((batch,), jnp.int32), cos_dist=jnp.zeros((0, batch)))
+
+  def weight(self, state, k, t, d_eps, d_x0, *, schedule):
+    w, switched = StepSwitch(w_pre=-float(self.s), w_post=float(self.w_post),
+                             steps=state.steps).weight(state, k, t, d_eps, d_x0, schedule=schedule)
+    return w, state.replace(transition_step=switched.transition_step)
 
 
 def fire_steps(rule: guidance.Strategy, d_eps: jax.Array, d_x0: jax.Array, *, t: jax.Array,

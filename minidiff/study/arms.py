@@ -2,10 +2,11 @@
 them on shared noises — arms that share their start (static transitions differing only in τ) are
 sampled from one shared prefix.
 
-An arm's family groups it on the memorization–alignment frontier: "cfg" (constant w: none,
-conditional and cfg), "static", "opposite", "dynamic", "dynamic_opposite", "interval", "ramp"
-(linear / cosine), the peers' mitigations "wen", "amg" and "cads" (`run_mitigation`), and for
-text the perturbation's name.
+An arm's family groups it on the memorization–alignment frontier: the family its rule declares
+(minidiff.core.registry: "cfg" for none, conditional and cfg, "static", "opposite", "dynamic",
+"dynamic_opposite", "interval", "ramp", the peers' "wen", "amg", "cads"), and for text the
+perturbation's name. Every rule runs through the same sampler (`run_arm`); a rule that needs the
+training images, the condition embedding or per-row keys declares it, and gets them here.
 """
 from __future__ import annotations
 
@@ -20,20 +21,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from minidiff.core import anti_memorization, guidance, mitigations, samplers, specs as specs_lib
+from minidiff.core import guidance, registry, rule as rule_lib, samplers, specs as specs_lib
 from minidiff.study import sampling
 from minidiff.study.conditions import ConditionSet
 from minidiff.train import state as state_lib
 
 log = logging.getLogger(__name__)
-
-FAMILY_OF_STRATEGY = {"none": "cfg", "conditional": "cfg", "cfg": "cfg", "static": "static",
-                      "opposite": "opposite", "dynamic": "dynamic",
-                      "peak_drop": "dynamic", "peak_passed": "dynamic",  # per-sample rules
-                      "dynamic_opposite": "dynamic_opposite", "interval": "interval",
-                      "linear": "ramp", "cosine": "ramp",
-                      **{name: name for name in guidance.MITIGATION_NAMES}}
-
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
@@ -41,7 +34,7 @@ class Arm:
 
   label: str  # as written after sweep expansion, e.g. "static:tau=400" or "cfg+random_tokens:k=4"
   family: str
-  strategy: guidance.Strategy | mitigations.Mitigation
+  strategy: rule_lib.Rule
   perturbation: specs_lib.Perturbation | None = None
 
   @property
@@ -63,7 +56,7 @@ def parse_arms(text: str | Sequence[str], *, T: int, overrides: dict[str, str] |
     if spec.perturbation is not None and not text_conditions:
       raise ValueError(f"Arm {spec.label!r} perturbs prompts, but this run is class-conditional; "
                        f"drop its '+{pert}' part.")
-    family = pert.split(":", 1)[0] if pert else FAMILY_OF_STRATEGY[base.split(":", 1)[0]]
+    family = pert.split(":", 1)[0] if pert else registry.family_of(base.split(":", 1)[0])
     arms.append(Arm(spec.label, family, spec.strategy, spec.perturbation))
   return arms
 
@@ -77,18 +70,20 @@ class SamplerRun:
   schedule: Any
   options: sampling.SamplingOptions
   mesh: Mesh
-  # The peers' mitigations only: `(params, cond) -> embedding dict` (`embedding_apply`; wen, cads)
-  # and the de-duplicated training images [U, H, W, C] (amg searches them while sampling).
+  # For the rules that declare they need them: `(params, cond) -> embedding dict`
+  # (`embedding_apply`; wen, cads) and the de-duplicated training images [U, H, W, C] (amg).
   embed_apply: Callable | None = None
   train_images: np.ndarray | None = None
 
 
 def mitigation_inputs(arms: Sequence[Arm], config: Any, unique_images: np.ndarray) -> dict[str, Any]:
-  """The SamplerRun fields the peers' mitigations need (`embed_apply`, `train_images`), or {} when
-  no arm is one."""
-  if not any(isinstance(a.strategy, tuple(mitigations.MITIGATIONS.values())) for a in arms):
-    return {}
-  return dict(embed_apply=embedding_apply(config), train_images=np.asarray(unique_images))
+  """The SamplerRun fields the arms' rules declare they need (`embed_apply`, `train_images`)."""
+  out = {}
+  if any(a.strategy.needs_embedding for a in arms):
+    out["embed_apply"] = embedding_apply(config)
+  if any(a.strategy.needs_images for a in arms):
+    out["train_images"] = np.asarray(unique_images)
+  return out
 
 
 def embedding_apply(config: Any) -> Callable:
@@ -97,18 +92,49 @@ def embedding_apply(config: Any) -> Callable:
   return lambda params, cond: nnx.merge(graphdef, params).embed_condition(cond)
 
 
+def _bound(run: SamplerRun, strategy: rule_lib.Rule) -> rule_lib.Rule:
+  """The rule with what it declared it needs from the run (the training images)."""
+  if strategy.needs_images:
+    if run.train_images is None:
+      raise ValueError(f"{strategy.name} needs the de-duplicated training images "
+                       f"(SamplerRun.train_images).")
+    return strategy.with_images(run.train_images)
+  return strategy
+
+
+def _with_row_keys(strategy: rule_lib.Rule, conditions: ConditionSet, key: jax.Array):
+  """(cond, null) as the sampler gets them: with per-row keys for a rule that draws per-row noise.
+
+  Row i's key is fold_in(fold_in(key, 7), i): the same draw in any batch split."""
+  cond, null = conditions.cond, conditions.null
+  if not strategy.needs_row_keys:
+    return cond, null
+  row_key = jax.random.fold_in(key, 7)
+  keys = np.asarray(jax.random.key_data(
+      jax.vmap(lambda i: jax.random.fold_in(row_key, i))(jnp.arange(len(conditions)))))
+  return ({"cond": cond, "row_key": keys},
+          {"cond": null, "row_key": np.zeros((1,) + keys.shape[1:], keys.dtype)})
+
+
 def run_arm(run: SamplerRun, arm: Arm, conditions: ConditionSet, x_T: np.ndarray,  # noqa: N803
             key: jax.Array, *, compiled_cache: dict | None = None) -> sampling.SampleResult:
-  """Samples every row of `conditions` from its x_T with one arm (one compile per strategy and
-  condition structure: arms that differ only in their prompts share it through `compiled_cache`)."""
-  if isinstance(arm.strategy, tuple(mitigations.MITIGATIONS.values())):
-    return run_mitigation(run, arm, conditions, x_T, key, compiled_cache=compiled_cache)
+  """Samples every row of `conditions` from its x_T with one arm's rule (one compile per rule and
+  condition structure: arms that differ only in their prompts share it through `compiled_cache`;
+  samples/s counts everything the rule does, e.g. Wen's optimisation)."""
   o = run.options
+  strategy = _bound(run, arm.strategy)
+  if strategy.needs_embedding and run.embed_apply is None:
+    raise ValueError(f"{strategy.name} needs the model's condition embedding "
+                     f"(SamplerRun.embed_apply = arms.embedding_apply(config)).")
   sampler = samplers.make_sampler(
-      run.eps_apply, schedule=run.schedule, strategy=arm.strategy, sampler=o.sampler,
+      run.eps_apply, schedule=run.schedule, strategy=strategy, sampler=o.sampler,
       num_steps=o.num_steps, eta=o.eta, spacing=o.spacing, clip_x0=o.clip_x0,
-      x0_steps=o.x0_steps, compute_d=False)
-  cache_key = (repr(arm.strategy), str(jax.tree.structure(conditions.cond)))
+      x0_steps=o.x0_steps, compute_d=False,
+      embed_apply=run.embed_apply if strategy.needs_embedding else None)
+  cond, null = _with_row_keys(strategy, conditions, key)
+  cache_key = (repr(strategy), str(jax.tree.structure(cond)))
+  if strategy.needs_images:  # its training images are compiled in
+    cache_key += (hashlib.sha1(np.ascontiguousarray(run.train_images).tobytes()).hexdigest(),)
 
   def compiled_for(*example):
     if compiled_cache is not None and cache_key in compiled_cache:
@@ -119,7 +145,7 @@ def run_arm(run: SamplerRun, arm: Arm, conditions: ConditionSet, x_T: np.ndarray
     return compiled
 
   (out,), compile_s, sample_s = sampling.sample_in_batches(
-      compiled_for, run.params, x_T, conditions.cond, conditions.null, key, batch=o.batch,
+      compiled_for, run.params, x_T, cond, null, key, batch=o.batch,
       mesh=run.mesh, desc=arm.label, steps_per_batch=o.num_steps)
   result = sampling.to_result(out, conditions.requested_class, compile_s, sample_s)
   sampling.check_finite(result, arm.label)
@@ -169,94 +195,3 @@ def run_switch_family(run: SamplerRun, family: Sequence[Arm], conditions: Condit
                                             compile_s / len(family), sample_s / len(family))
     sampling.check_finite(results[arm.label], arm.label)
   return results
-
-
-def _mitigation_fn(run: SamplerRun, m: mitigations.Mitigation) -> Callable:
-  """The jitted-to-be `(params, x_T, cond, null, key) -> (x₀, Diagnostics)` of a mitigation arm.
-
-  wen and cads turn the condition into its continuous embedding (`run.embed_apply`) inside the
-  call, so the optimisation and the annealing are timed with the sampling.
-  """
-  o = run.options
-  kw = dict(sampler=o.sampler, num_steps=o.num_steps, eta=o.eta, spacing=o.spacing,
-            clip_x0=o.clip_x0)
-  cfg = guidance.Constant(w=m.w)
-  if isinstance(m, mitigations.AntiMemorization):
-    if run.train_images is None:
-      raise ValueError("amg needs the de-duplicated training images (SamplerRun.train_images).")
-    if o.x0_steps:
-      raise ValueError("amg records no x̂₀ snapshots; drop --x0_steps for a study with amg arms.")
-    train = np.asarray(run.train_images, np.float32)
-
-    def amg_fn(params, x, cond, null, key):
-      eps_fn = lambda x_t, t, c: run.eps_apply(params, x_t, t, c)  # noqa: E731
-      return anti_memorization.sample_amg(eps_fn, run.schedule, x, cond, null, key, amg=m,
-                                          train_images=train, **kw)
-    return amg_fn
-  if run.embed_apply is None:
-    raise ValueError(f"{type(m).__name__} needs the model's condition embedding "
-                     f"(SamplerRun.embed_apply = arms.embedding_apply(config)).")
-  kw["x0_steps"] = o.x0_steps
-  T = run.schedule.T  # noqa: N806
-
-  if isinstance(m, mitigations.EmbeddingOptimisation):
-    t0 = int(samplers.time_grid(T, o.num_steps, o.spacing)[0])
-
-    def wen_fn(params, x, cond, null, key):
-      eps_fn = lambda x_t, t, c: run.eps_apply(params, x_t, t, c)  # noqa: E731
-      emb, emb_null = run.embed_apply(params, cond), run.embed_apply(params, null)
-      t_first = jnp.full((x.shape[0],), t0, jnp.int32)
-      eps_u = eps_fn(x, t_first, emb_null)  # the null branch does not move with the embedding
-
-      def d_fn(e):  # the first step's d = ‖ε_c − ε_u‖₂ at x_T, per sample
-        eps_c = eps_fn(x, t_first, {**emb, "embedding": e})
-        return jnp.linalg.norm((eps_c - eps_u).reshape(x.shape[0], -1), axis=1)
-
-      opt = mitigations.optimise_embedding(d_fn, emb["embedding"], target=m.target,
-                                           steps=m.steps, lr=m.lr)
-      return samplers.sample(eps_fn, run.schedule, x, {**emb, "embedding": opt.embedding},
-                             emb_null, key, strategy=cfg, **kw)
-    return wen_fn
-
-  def cads_fn(params, x, cond, null, key):
-    eps_fn = mitigations.annealed_eps_fn(
-        lambda x_t, t, c: run.eps_apply(params, x_t, t, c), m, T)
-    b = x.shape[0]
-    emb = {**run.embed_apply(params, cond["cond"]), **mitigations.cads_fields(cond["cads_key"], 1, b)}
-    emb_null = {**run.embed_apply(params, null["cond"]),
-                **mitigations.cads_fields(null["cads_key"], 0, b)}
-    return samplers.sample(eps_fn, run.schedule, x, emb, emb_null, key, strategy=cfg, **kw)
-  return cads_fn
-
-
-def run_mitigation(run: SamplerRun, arm: Arm, conditions: ConditionSet, x_T: np.ndarray,  # noqa: N803
-                   key: jax.Array, *, compiled_cache: dict | None = None) -> sampling.SampleResult:
-  """Samples every row of `conditions` with a peer mitigation (wen, amg, cads) on the shared noises
-  and keys; samples/s counts everything the mitigation does (wen's optimisation included)."""
-  m = arm.strategy
-  fn = jax.jit(_mitigation_fn(run, m))
-  cond, null = conditions.cond, conditions.null
-  if isinstance(m, mitigations.ConditionAnnealing):
-    # Row i's CADS noise comes from fold_in(fold_in(key, 7), i): the same draw in any batch split.
-    row_key = jax.random.fold_in(key, 7)
-    keys = np.asarray(jax.random.key_data(
-        jax.vmap(lambda i: jax.random.fold_in(row_key, i))(jnp.arange(len(conditions)))))
-    cond = {"cond": cond, "cads_key": keys}
-    null = {"cond": null, "cads_key": np.zeros((1,) + keys.shape[1:], keys.dtype)}
-  cache_key = ("mitigation", repr(m), str(jax.tree.structure(cond)))
-  if isinstance(m, mitigations.AntiMemorization):  # its training images are compiled in
-    cache_key += (hashlib.sha1(np.ascontiguousarray(run.train_images).tobytes()).hexdigest(),)
-
-  def compiled_for(*example):
-    if compiled_cache is not None and cache_key in compiled_cache:
-      return compiled_cache[cache_key]
-    compiled = fn.lower(*example).compile()
-    if compiled_cache is not None:
-      compiled_cache[cache_key] = compiled
-    return compiled
-
-  (out,), compile_s, sample_s = sampling.sample_in_batches(
-      compiled_for, run.params, x_T, cond, null, key, batch=run.options.batch, mesh=run.mesh)
-  result = sampling.to_result(out, conditions.requested_class, compile_s, sample_s)
-  sampling.check_finite(result, arm.label)
-  return result

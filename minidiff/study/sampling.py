@@ -28,7 +28,6 @@ from minidiff.core import samplers
 from minidiff.core.schedule import make_schedule
 from minidiff.core.specs import GuidanceSpec
 from minidiff.train import precision, sharding, state
-from minidiff.train.checkpoint import Checkpointer
 
 log = logging.getLogger(__name__)
 
@@ -312,21 +311,7 @@ def load_sampling_model(workdir: str, *, step: int | None = None, progress: bool
   """
   config = config_lib.load_workdir_config(workdir)
   config_lib.validate_config(config)
-  ckpt = Checkpointer(workdir)
-  try:
-    steps = ckpt.all_steps()
-    if not steps:
-      raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train first, e.g. python train.py "
-                              f"--config configs/mnist_dup.py --workdir {workdir}")
-    if step is not None and step not in steps:
-      raise ValueError(f"--step={step}: {workdir} has checkpoints at steps "
-                       f"{', '.join(map(str, steps))} only (train.max_to_keep keeps the last few); "
-                       f"pick one of them.")
-    graphdef, template, _ = state.init_state(config)  # as state.load_ema_model, at any step
-    restored = state.restore_state(ckpt, template, step)  # step None: the latest readable one
-    model, step = nnx.merge(graphdef, restored.ema_params), restored.step
-  finally:
-    ckpt.close()
+  model, step = state.load_ema_model(workdir, config, step=step)
   graphdef, params = nnx.split(model, nnx.Param)
 
   def eps_apply(p, x_t, t, cond):

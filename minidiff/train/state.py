@@ -72,16 +72,27 @@ def restore_state(ckpt: Checkpointer, template: TrainState, step: int | None = N
   return TrainState(int(d["step"]), d["params"], d["ema_params"], d["opt_state"])
 
 
-def load_ema_model(workdir: str, config: ml_collections.ConfigDict | None = None) -> tuple[UNet, int]:
-  """The UNet with the EMA parameters of the latest checkpoint in `workdir`, and its step.
+def load_ema_model(workdir: str, config: ml_collections.ConfigDict | None = None, *,
+                   step: int | None = None) -> tuple[UNet, int]:
+  """The UNet with the EMA parameters of a checkpoint in `workdir` (the latest readable one, or
+  `step`, one still on disk), and its step: the one model loader of the package.
 
   A checkpoint restores onto the default device whatever the device count it was saved with.
+  Fails with a clear error, before anything is compiled, when there is no such checkpoint.
   """
   config = config or config_lib.load_workdir_config(workdir)
-  graphdef, template, _ = init_state(config)
   ckpt = Checkpointer(workdir)
   try:
-    state = restore_state(ckpt, template)
+    steps = ckpt.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train first, e.g. python train.py "
+                              f"--config configs/mnist_dup.py --workdir {workdir}")
+    if step is not None and step not in steps:
+      raise ValueError(f"--step={step}: {workdir} has checkpoints at steps "
+                       f"{', '.join(map(str, steps))} only (train.max_to_keep keeps the last few); "
+                       f"pick one of them.")
+    graphdef, template, _ = init_state(config)
+    state = restore_state(ckpt, template, step)  # step None: the latest readable one
   finally:
     ckpt.close()
   return nnx.merge(graphdef, state.ema_params), state.step
