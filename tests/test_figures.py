@@ -95,3 +95,12 @@ def test_cohen_kappa_closed_forms():
   assert eye.cohen_kappa(a, a) == 1.0 and eye.cohen_kappa(a, ~a) == -1.0
   # p_o = 3/4, p_e = ½·¾ + ½·¼ = ½ → κ = (¾ − ½)/(1 − ½) = ½
   assert eye.cohen_kappa(a, np.array([1, 1, 1, 0], bool)) == 0.5
+
+
+def test_framed_copies_follow_the_registered_copy_metrics():
+  # copy (named image, `target`) wins over copy_any (`ncc_shift_index`); the ratio test frames none
+  row = dict(flags=dict(copy="1100", copy_any="0110", copy_ratio="0001"), nn_index=[1, 2, 3, 4],
+             scores=dict(target=[5, 6, -1, -1], ncc_shift_index=[7, 8, 9, 9]))
+  copies, copied = figures.framed_copies(row)
+  assert copies.tolist() == [True, True, True, False]
+  assert copied.tolist() == [5, 6, 9, 4]

@@ -74,3 +74,23 @@ def test_every_arm_has_a_samples_per_second_cell():
     assert table[2].startswith(("| cfg | `cfg:w=7.5` |", "| `cfg:w=7.5` |")) and table[2].endswith("| 2.5 |")
     assert table[3].startswith(("| amg | `amg` |", "| `amg` |"))
     assert table[3].endswith("| 2.0 |")  # (1.25 + 2.75) / 2
+
+
+def _every_arm_header(results):
+  return report.render(results).split("## Every arm")[1].split("\n\n")[1].splitlines()[0]
+
+
+def test_every_arm_columns_follow_the_registry_in_order():
+  results = _results()  # written before the calibrated metric: its `copy` is the ratio test
+  assert _every_arm_header(results) == (
+      "| arm | family | ratio test, memorized | clustered 95% | seeds mean ± sd | class acc. | FD | "
+      "Δcopy (pts) | Δacc. (pts) | transition t (fired) | samples/s |")
+  assert "| family | arm | ratio test, memorized | class acc. | FD |" in report.render(results)
+  calibrated = copy.deepcopy(results)
+  for arm in calibrated["seeds"][0]["arms"].values():
+    arm["flags"].update(copy_any="0000", copy_ratio=arm["flags"]["copy"])
+  calibrated["summary"] = summary.summarize(calibrated, tolerance=0.03)
+  assert _every_arm_header(calibrated) == (
+      "| arm | family | copy, memorized | clustered 95% | seeds mean ± sd | copy of any image, other "
+      "| ratio test, memorized | class acc. | FD | Δcopy (pts) | Δacc. (pts) | transition t (fired) "
+      "| samples/s |")

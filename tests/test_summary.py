@@ -49,6 +49,12 @@ def test_headline_picks_per_family_the_least_copying_arm_at_cfg_alignment():
   assert rows["static"]["vs_cfg"]["copy"]["diff"] == pytest.approx(-0.75)
   assert rows["opposite"]["arm"] is None  # 4/8 alignment
   assert s["baseline"] == "cfg:w=7.5"
+  # No `copy_ratio` flags: written before the calibrated metric, so its `copy` is the ratio test.
+  assert s["roles"] == {"copy": "copy_ratio", "alignment": "class_correct"}
+  arm = s["arms"]["cfg:w=2"]
+  assert set(arm["metrics"]) == {"copy_ratio", "class_correct"}
+  assert arm["metrics"]["copy_ratio"] == arm["copy_memorized"]  # its group: memorized
+  assert arm["metrics"]["class_correct"] == arm["alignment"]
 
 
 def test_baseline_defaults_to_the_largest_w_cfg_arm_and_a_bad_one_is_named():

@@ -245,9 +245,9 @@ def _study_one(workdir: str, arm_list: Sequence[arms_lib.Arm], options: StudyOpt
                                       fd_reference=reference)
   arms_out = {}
   for a in arm_list:
-    arms_out[a.label] = _evaluate_arm(ctx, dataclasses.replace(ctx, conditions=arm_conditions[a.label]),
-                                      results[a.label], seed=options.sampling.seed,
-                                      fd_resamples=options.fd_resamples)
+    arms_out[a.label] = evaluate_arm(ctx, dataclasses.replace(ctx, conditions=arm_conditions[a.label]),
+                                     results[a.label], seed=options.sampling.seed,
+                                     fd_resamples=options.fd_resamples)
     sampling.attach_measurements(os.path.join(outdir, f"{a.slug}.npz"), arms_out[a.label])
   figs = (figures.arm_figures(outdir, arm_list, results, arm_conditions, subset.unique_images,
                               ctx.conditions, arms_out) if options.figures else {})
@@ -275,13 +275,15 @@ def _study_one(workdir: str, arm_list: Sequence[arms_lib.Arm], options: StudyOpt
   return seed_block
 
 
-def _evaluate_arm(ctx: evaluation.Context, arm_ctx: evaluation.Context,
-                  result: sampling.SampleResult, *, seed: int, fd_resamples: int) -> dict:
+def evaluate_arm(ctx: evaluation.Context, arm_ctx: evaluation.Context,
+                 result: sampling.SampleResult, *, seed: int, fd_resamples: int) -> dict:
+  """One arm's results.json row: every registered metric's flags and per-group rates (measured
+  under the arm's own, possibly perturbed, conditions `arm_ctx`), the per-sample scores, the
+  detection block of the registered arm scores, and FD when `ctx` has a reference."""
   measured = evaluation.measure(arm_ctx, result.samples)
   flags = evaluation.flags(arm_ctx, measured)
   fired = result.transition_step >= 0
   t_fired = result.t[result.transition_step[fired]] if fired.any() else np.zeros(0)
-  mem = ctx.conditions.groups["memorized"]
   row = dict(
       groups=evaluation.group_rates(arm_ctx, flags),
       flags={k: "".join("1" if v else "0" for v in f) for k, f in flags.items()},
@@ -290,12 +292,7 @@ def _evaluate_arm(ctx: evaluation.Context, arm_ctx: evaluation.Context,
       transition=dict(fired=float(fired.mean()),
                       t_mean=float(t_fired.mean()) if fired.any() else None,
                       t_std=float(t_fired.std()) if fired.any() else None),
-      detection=dict(
-          auc_mean_d_eps_memorized=evaluation.detection_auc(result.d_eps.mean(axis=0), mem),
-          auc_first_d_eps_memorized=evaluation.detection_auc(result.d_eps[0], mem),
-          auc_mean_d_eps_copies=evaluation.detection_auc(result.d_eps.mean(axis=0), flags["copy"]),
-          figures=evaluation.detection_figures(
-              result.d_eps, result.d_x0, dict(memorized=mem, copies=flags["copy"]))),
+      detection=evaluation.detection(ctx, result.d_eps, result.d_x0, flags),
       samples_per_s=result.samples_per_s, compile_s=result.compile_s)
   if measured.features is not None and ctx.fd_reference is not None:
     row["fd"] = evaluation.frechet_with_interval(measured.features, ctx.fd_reference, seed=seed,

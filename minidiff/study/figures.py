@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from minidiff.study import plots
+from minidiff.study import evaluation, plots
 from minidiff.study.conditions import ConditionSet
 
 plt = plots.plt
@@ -151,18 +151,35 @@ def copy_pairs(samples: np.ndarray, training: np.ndarray, titles: Sequence[str],
 def copy_audit(samples: np.ndarray, unique_images: np.ndarray, row: Mapping, memorized: np.ndarray,
                path: str, *, num: int = 20, seed: int = 0) -> np.ndarray:
   """`num` random memorized-condition samples (top) above their nearest training image by pixel
-  L2 (bottom), titled with the primary copy score (shift-NCC with the named image) and its flag,
-  so a reader can check the metric by eye. Returns the indices shown."""
+  L2 (bottom), titled with the copy metric's score (the registry's copy role and its `score`) and
+  its flag, so a reader can check the metric by eye. Returns the indices shown."""
   rng = np.random.default_rng(seed)
   pool = np.flatnonzero(memorized)
   idx = np.sort(rng.choice(pool, min(num, len(pool)), replace=False))
-  flag = np.frombuffer(row["flags"]["copy"].encode(), np.uint8) == ord("1")
-  score = row["scores"]["target_ncc_shift"]
+  metric = evaluation.by_role("copy")
+  flag = np.frombuffer(row["flags"][metric.name].encode(), np.uint8) == ord("1")
+  score = row["scores"][metric.score]
   nn = np.asarray(row["nn_index"])
   titles = [f"{score[i]:.3f}\n{'COPY' if flag[i] else 'no'}" if score[i] is not None else "—"
             for i in idx]
   copy_pairs(samples[idx], unique_images[nn[idx]], titles, path, bottom="nearest")
   return idx
+
+
+def framed_copies(row: Mapping) -> tuple[np.ndarray, np.ndarray]:
+  """([N] bool, [N] int) of an arm's results.json row: the samples flagged by any registered copy
+  metric that names the image it copies (`Metric.image`), and that image (the first such metric,
+  in registry order, that flags the sample; the nearest training image elsewhere)."""
+  nn = np.asarray(row["nn_index"])
+  scores = row.get("scores", {})
+  copies, copied = np.zeros(len(nn), bool), nn.copy()
+  framing = [m for m in evaluation.METRICS.values()
+             if m.image is not None and m.name in row["flags"] and m.image in scores]
+  for m in reversed(framing):  # the first metric in registry order wins
+    flag = np.frombuffer(row["flags"][m.name].encode(), np.uint8) == ord("1")
+    copies |= flag
+    copied = np.where(flag, np.asarray(scores[m.image]), copied)
+  return copies, copied
 
 
 def _title(conditions: ConditionSet, i: int, *, width: int = 18) -> str:
@@ -184,11 +201,8 @@ def arm_figures(outdir: str, arms: Sequence, results: Mapping, arm_conditions: M
   mem = conditions.groups["memorized"]
   for arm in arms:
     r, cs = results[arm.label], arm_conditions[arm.label]
-    flags = {k: np.frombuffer(v.encode(), np.uint8) == ord("1") for k, v in rows[arm.label]["flags"].items()}
-    copies = flags["copy"] | flags.get("copy_any", np.zeros_like(flags["copy"]))
+    copies, copied = framed_copies(rows[arm.label])
     scores = rows[arm.label].get("scores", {})
-    copied = np.where(flags["copy"], np.asarray(scores.get("target", rows[arm.label]["nn_index"])),
-                      np.asarray(scores.get("ncc_shift_index", rows[arm.label]["nn_index"])))
     labels = [_title(cs, i, width=40) + (" (memorized)" if mem[i] else "") for i in range(len(cs))]
     path = os.path.join(outdir, f"{arm.slug}_grid.png")
     shown = labelled_grid(r.samples, labels, path, copies=copies, title=arm.label,
@@ -200,7 +214,8 @@ def arm_figures(outdir: str, arms: Sequence, results: Mapping, arm_conditions: M
       path = os.path.join(outdir, f"{arm.slug}_copies.png")
       copy_pairs(r.samples[idx], unique_images[copied[idx]], [_title(cs, i) for i in idx], path)
       figs[f"{arm.label}: copies beside the training images they copy"] = rel(path)
-    if "target_ncc_shift" in scores and mem.any():
+    audited = evaluation.by_role("copy")
+    if audited.score in scores and audited.name in rows[arm.label]["flags"] and mem.any():
       path = os.path.join(outdir, f"{arm.slug}_audit.png")
       copy_audit(r.samples, unique_images, rows[arm.label], mem, path, seed=0)
       figs[f"{arm.label}: copy audit, 20 random memorized-condition samples"] = rel(path)

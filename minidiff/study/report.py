@@ -5,7 +5,9 @@
 The report leads with the frontier table (per family, the least-copying arm at alignment within a
 few points of the best CFG arm, paired against CFG there) and its plot, then every arm's pooled
 rates with intervals and paired tests against the baseline, the per-seed values, detection, and
-the figures.
+the figures. Its metric columns, their headers and the detection table's rows come from the
+metric registry (`minidiff.study.evaluation`): one column per registered metric with a `column`
+that the results hold, in registry order.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import sys
 from typing import Any
 
 from minidiff.metrics import stats
+from minidiff.study import evaluation
 from minidiff.study import summary as summary_lib
 
 M = stats.MINUS
@@ -109,13 +112,22 @@ def seed_cell(r: dict) -> str:
   return f"{100 * r['seed_mean']:.1f} ± {100 * r['seed_std']:.1f}"
 
 
-DETECTION_STATISTICS = {  # the keys of evaluation.DETECTION_SCORES, as the report names them
-    "mean_d_eps": "mean d_t",
-    "first_d_eps": "first-step d_t",
-    "mean_d_x0": "mean ‖x̂₀_c − x̂₀_u‖₂",
-    "first_d_x0": "first-step ‖x̂₀_c − x̂₀_u‖₂",
-}
-DETECTION_TARGETS = {"memorized": "memorized vs other conditions", "copies": "copies vs non-copies"}
+def role_header(s: dict, role: str) -> str:
+  """The column header of the metric playing `role` in a summary (its name if it has none)."""
+  name = s["roles"][role]
+  metric = evaluation.METRICS.get(name)
+  return metric.column if metric is not None and metric.column else name
+
+
+def metric_columns(s: dict) -> list[evaluation.Metric]:
+  """The registered metrics with a column that some arm of the summary holds, in registry order."""
+  held = {k for r in s["arms"].values() for k in r.get("metrics", {})}
+  return [m for m in evaluation.columns() if m.name in held]
+
+
+def _score_label(name: str) -> str:
+  score = evaluation.DETECTION_SCORES.get(name)
+  return score.label if score else name
 
 
 def accuracy_cell(f: dict) -> str:
@@ -131,12 +143,14 @@ def detection_lines(seeds: list[dict], base: str) -> list[str]:
   the AUC-only table."""
   det = [(x["seed"], x["arms"][base]["detection"]) for x in seeds]
   if not all("figures" in dd for _, dd in det):
+    keys = [(f"auc_{sc.name}_{t.name}", sc.label + (f", {t.short}" if t.short else ""))
+            for t in evaluation.DETECTION_TARGETS.values()
+            for sc in evaluation.DETECTION_SCORES.values() if t.name in sc.auc]
     lines = ["AUC of d_t = ‖ε_c − ε_u‖₂ for memorized vs other conditions (and for copies vs "
-             "non-copies), per seed.", "", "| seed | mean d_t | first-step d_t | mean d_t, copies |",
-             "|---|---|---|---|"]
+             "non-copies), per seed.", "", "| seed | " + " | ".join(h for _, h in keys) + " |",
+             "|---|" + "---|" * len(keys)]
     for seed, dd in det:
-      lines.append(f"| {seed} | {cell(dd['auc_mean_d_eps_memorized'])} | "
-                   f"{cell(dd['auc_first_d_eps_memorized'])} | {cell(dd['auc_mean_d_eps_copies'])} |")
+      lines.append(f"| {seed} | " + " | ".join(cell(dd.get(k)) for k, _ in keys) + " |")
     return lines
   lines = ["Wen et al.'s figures for scores built from d_t = ‖ε_c − ε_u‖₂ (and the x̂₀ distance), "
            "per seed: a sample is called positive when its score is ≥ a threshold. TPR at 1% FPR "
@@ -149,8 +163,9 @@ def detection_lines(seeds: list[dict], base: str) -> list[str]:
       for stat, f in by_stat.items():
         row = (["—"] * 3 if f is None else
                [cell(f["auc"]), cell(f["tpr_at_1pct_fpr"]), accuracy_cell(f)])
-        lines.append(f"| {seed} | {DETECTION_TARGETS.get(target, target)} | "
-                     f"{DETECTION_STATISTICS.get(stat, stat)} | " + " | ".join(row) + " |")
+        t = evaluation.DETECTION_TARGETS.get(target)
+        lines.append(f"| {seed} | {t.label if t else target} | {_score_label(stat)} | "
+                     + " | ".join(row) + " |")
   return lines
 
 
@@ -203,8 +218,8 @@ def render(results: dict) -> str:
         f"Per family, the arm with the lowest copy rate on memorized conditions among arms whose "
         f"alignment is ≥ {100 * (ref['alignment'] - ref['tolerance']):.1f}% "
         f"(within {100 * ref['tolerance']:.0f} points), paired against CFG's arm at that alignment.", "",
-        "| family | arm | copy, memorized | class acc. | FD | Δcopy vs CFG (pts) | Δacc. vs CFG (pts) "
-        "| samples/s |",
+        f"| family | arm | {role_header(s, 'copy')} | {role_header(s, 'alignment')} | FD | "
+        "Δcopy vs CFG (pts) | Δacc. vs CFG (pts) | samples/s |",
         "|---|---|---|---|---|---|---|---|"]
     for row in fr["headline"]:
       if row["arm"] is None:
@@ -218,23 +233,28 @@ def render(results: dict) -> str:
   base = s["baseline"]
   lines += question_lines(s)
   lines += [
-      f"## Every arm (paired against `{base}`)", "",
-      "| arm | family | copy, memorized | clustered 95% | seeds mean ± sd | copy of any image, "
-      "other | ratio test, memorized | class acc. | FD | Δcopy (pts) | Δacc. (pts) | "
-      "transition t (fired) | samples/s |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+      f"## Every arm (paired against `{base}`)", ""]
+  metric_cols = metric_columns(s)
+  copy_name = s["roles"]["copy"]
+  header = ["arm", "family"]
+  for m in metric_cols:
+    header += [m.column] + (["clustered 95%", "seeds mean ± sd"] if m.name == copy_name else [])
+  header += ["FD", "Δcopy (pts)", "Δacc. (pts)", "transition t (fired)", "samples/s"]
+  lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for a in results["arms"]:
     label = a["label"]
     r = s["arms"][label]
     tr = first["arms"][label]["transition"]
     trs = "—" if tr["t_mean"] is None else f"{tr['t_mean']:.0f} ± {tr['t_std']:.0f} ({100 * tr['fired']:.0f}%)"
     vs = r["vs_baseline"]
-    lines.append(
-        f"| `{label}` | {r['family']} | {pct_ci(r['copy_memorized'])} | "
-        f"{ci_only((r.get('clustered') or {}).get('copy_memorized'))} | {seed_cell(r['copy_memorized'])} | "
-        f"{pct_ci(r['copy_other'])} | {pct_ci(r.get('copy_ratio_memorized'))} | {pct_ci(r['alignment'])} | "
-        f"{fd_cell(r['fd'])} | {diff_cell(vs['copy']) if label != base else 'baseline'} | "
-        f"{diff_cell(vs['alignment']) if label != base else 'baseline'} | {trs} | {speed_cell(seeds, label)} |")
+    row = [f"`{label}`", r["family"]]
+    for m in metric_cols:
+      row.append(pct_ci(r["metrics"].get(m.name)))
+      if m.name == copy_name:
+        row += [ci_only((r.get("clustered") or {}).get("copy_memorized")), seed_cell(r["copy_memorized"])]
+    row += [fd_cell(r["fd"]), diff_cell(vs["copy"]) if label != base else "baseline",
+            diff_cell(vs["alignment"]) if label != base else "baseline", trs, speed_cell(seeds, label)]
+    lines.append("| " + " | ".join(row) + " |")
   if len(seeds) > 1:
     lines += ["", "## Per seed: copy on memorized conditions / class accuracy", "",
               "| arm | " + " | ".join(f"seed {x['seed']}" for x in seeds) + " |",

@@ -12,8 +12,9 @@ Pure functions of the results dict, so a report is regenerated from a committed 
     memorized images × noises, sign-flip p-values over noises, per-seed directions, and every arm
     against the CFG curve at equal alignment; Holm-adjusted within each question (`questions`).
 
-The copy flag is `copy` (the calibrated primary metric) where results.json has it; results
-written before it existed fall back to the ratio test under its old name.
+Which metric is the copy rate and which the alignment is the registry's roles
+(`minidiff.study.evaluation.METRICS`); every registered metric the file holds is also pooled over
+its own group (`metrics`). Older results.json files are read through `evaluation.stored_metrics`.
 """
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from minidiff.metrics import stats
-from minidiff.study import clustered, frontier
+from minidiff.study import clustered, evaluation, frontier
 
-COPY = ("memorized", "copy")  # (group, metric): the copy rate on memorized conditions
-ALIGNMENT = ("all", "class_correct")  # alignment: class accuracy over every sample with a class
+# (group, metric) of the registry's copy and alignment roles, for scripts that read current
+# results.json files; `summarize` resolves the roles per file (`evaluation.stored_metrics`).
+COPY = (evaluation.by_role("copy").group, evaluation.by_role("copy").name)
+ALIGNMENT = (evaluation.by_role("alignment").group, evaluation.by_role("alignment").name)
 QUESTIONS = {  # name → what is tested; Holm's correction runs within each
     "copy_vs_baseline": "does the arm copy more or less than the baseline (memorized conditions)?",
     "alignment_vs_baseline": "is the arm's class accuracy different from the baseline's?",
@@ -45,35 +48,29 @@ def choose_baseline(arms: Sequence[tuple[str, str, Any]], requested: str | None)
 
 
 def flags_of(seed: dict, label: str, group: str, metric: str) -> np.ndarray:
-  """[n] bool: `metric` per sample of `label` in one seed, restricted to `group`'s rows."""
+  """[n] bool: `metric` per sample of `label` in one seed, restricted to `group`'s rows and to the
+  rows where it applies (the seed's `applies` mask; every row without one, as
+  `evaluation.stored_metrics` fills them in for older files)."""
   arm = seed["arms"][label]
   if metric not in arm["flags"]:
     return np.zeros(0, bool)
   flags = np.frombuffer(arm["flags"][metric].encode(), np.uint8) == ord("1")
-  groups = seed["conditions"]["groups_mask"] if "groups_mask" in seed["conditions"] else None
   if group == "all":
     where = np.ones(len(flags), bool)
   else:
-    where = np.frombuffer(groups[group].encode(), np.uint8) == ord("1")
-  if metric in seed.get("applies", {}):
-    applies = np.frombuffer(seed["applies"][metric].encode(), np.uint8) == ord("1")
-  elif metric == "class_correct":  # results.json written before the `applies` masks
-    applies = np.asarray(seed["conditions"]["requested_class"]) >= 0
-  else:
-    applies = np.ones(len(flags), bool)
+    where = np.frombuffer(seed["conditions"]["groups_mask"][group].encode(), np.uint8) == ord("1")
+  mask = seed.get("applies", {}).get(metric)
+  applies = np.ones(len(flags), bool) if mask is None else (
+      np.frombuffer(mask.encode(), np.uint8) == ord("1"))
   return flags[where & applies]
 
 
 def pooled_rate(results: dict, label: str, group: str, metric: str) -> dict[str, Any]:
-  """A rate pooled over seeds (k and n summed; Wilson interval) with the per-seed rates."""
+  """`metric` of arm `label` on `group`, pooled over the seeds as the metric declares (default: k
+  and n summed, Wilson interval, with the per-seed rates)."""
   per_seed = [flags_of(s, label, group, metric) for s in results["seeds"]]
-  k, n = int(sum(f.sum() for f in per_seed)), int(sum(len(f) for f in per_seed))
-  ci = stats.wilson_interval(k, n)
-  rates = [float(f.mean()) if len(f) else None for f in per_seed]  # None: no rows in that seed
-  present = [r for r in rates if r is not None]
-  spread = stats.seed_summary(present) if present else None
-  return dict(k=k, n=n, rate=k / n if n else None, ci=[ci.low, ci.high], per_seed=rates,
-              seed_mean=spread.mean if spread else None, seed_std=spread.std if spread else None)
+  registered = evaluation.METRICS.get(metric)
+  return (registered.pool if registered else evaluation.wilson_pool)(per_seed)
 
 
 def paired(results: dict, label: str, baseline: str, group: str, metric: str) -> dict[str, Any]:
@@ -100,50 +97,42 @@ def fd_summary(results: dict, label: str) -> dict[str, Any] | None:
               floor_mean=float(np.mean(floors)) if floors else None)
 
 
-def _calibrated(results: dict) -> bool:
-  return all("copy_any" in s["arms"][a["label"]]["flags"] for s in results["seeds"]
-             for a in results["arms"])
-
-
 def summarize(results: dict, *, tolerance: float = 0.03) -> dict[str, Any]:
-  """Every arm's pooled rates, paired tests against the baseline, and the frontier (JSON-ready)."""
-  baseline = results["baseline"]
-  calibrated = _calibrated(results)
-  ratio = "copy_ratio" if calibrated else "copy"
-  other = ("other", "copy_any") if calibrated else ("other", "copy")
-  u = clustered.units(results)
+  """Every arm's pooled rates (the copy and alignment roles, and every registered metric the file
+  holds on its own group), paired tests against the baseline, and the frontier (JSON-ready)."""
+  stored = evaluation.stored_metrics(results)
+  view = stored.results
+  copy, alignment = stored.role("copy"), stored.role("alignment")
+  present = dict.fromkeys(k for s in view["seeds"] for arm in s["arms"].values() for k in arm["flags"])
+  held = [m for m in evaluation.METRICS.values() if m.name in present]
+  baseline = view["baseline"]
+  u = clustered.units(view)
   arms = {}
-  for a in results["arms"]:
+  for a in view["arms"]:
     label = a["label"]
     arms[label] = dict(
         family=a["family"],
-        copy_memorized=pooled_rate(results, label, *COPY),
-        copy_other=pooled_rate(results, label, *other),
-        copy_any_memorized=pooled_rate(results, label, "memorized", "copy_any" if calibrated
-                                       else "copy"),
-        copy_ratio_memorized=pooled_rate(results, label, "memorized", ratio),
-        copy_target=pooled_rate(results, label, "memorized",
-                                "copy" if calibrated else "copy_target"),
-        alignment=pooled_rate(results, label, *ALIGNMENT),
-        alignment_memorized=pooled_rate(results, label, "memorized", "class_correct"),
-        fd=fd_summary(results, label),
-        vs_baseline=dict(copy=paired(results, label, baseline, *COPY),
-                         alignment=paired(results, label, baseline, *ALIGNMENT)),
-        clustered=dict(copy_memorized=clustered.rate(results, u, label, *COPY),
-                       alignment=clustered.rate(results, u, label, *ALIGNMENT),
-                       copy_vs_baseline=(clustered.paired(results, u, label, baseline, *COPY)
+        copy_memorized=pooled_rate(view, label, *copy),
+        alignment=pooled_rate(view, label, *alignment),
+        metrics={m.name: pooled_rate(view, label, m.group, m.name) for m in held},
+        fd=fd_summary(view, label),
+        vs_baseline=dict(copy=paired(view, label, baseline, *copy),
+                         alignment=paired(view, label, baseline, *alignment)),
+        clustered=dict(copy_memorized=clustered.rate(view, u, label, *copy),
+                       alignment=clustered.rate(view, u, label, *alignment),
+                       copy_vs_baseline=(clustered.paired(view, u, label, baseline, *copy)
                                          if label != baseline else None),
-                       alignment_vs_baseline=(clustered.paired(results, u, label, baseline,
-                                                               *ALIGNMENT)
+                       alignment_vs_baseline=(clustered.paired(view, u, label, baseline, *alignment)
                                               if label != baseline else None)))
-  out = dict(baseline=baseline, tolerance=tolerance, n_seeds=len(results["seeds"]), arms=arms,
-             copy_metric="copy (calibrated, primary)" if calibrated else "copy (ratio test)",
+  out = dict(baseline=baseline, tolerance=tolerance, n_seeds=len(view["seeds"]), arms=arms,
+             roles=dict(stored.roles),
+             copy_metric=f"{copy[1]}: {evaluation.METRICS[copy[1]].description}",
              units=dict(clusters=int(len(np.unique(u.clusters))),
                         memorized_clusters=int(len(np.unique(u.clusters[u.groups["memorized"]])))
                         if "memorized" in u.groups else None,
                         bootstrap_resamples=int(u.weights.shape[0])))
-  out["frontier"] = _frontier(results, arms, tolerance)
-  out["equal_alignment"] = _equal_alignment(results, u)
+  out["frontier"] = _frontier(view, arms, tolerance, copy=copy, alignment=alignment)
+  out["equal_alignment"] = _equal_alignment(view, u, copy=copy, alignment=alignment)
   out["questions"] = _questions(arms, out["equal_alignment"])
   return out
 
@@ -152,14 +141,15 @@ def _cfg_curve(results: dict) -> list[str]:
   return [a["label"] for a in results["arms"] if a["family"] == "cfg"]
 
 
-def _equal_alignment(results: dict, u: clustered.Units) -> dict[str, Any]:
+def _equal_alignment(results: dict, u: clustered.Units, *, copy: tuple[str, str],
+                     alignment: tuple[str, str]) -> dict[str, Any]:
   """Every arm outside the CFG family against the CFG curve at its own alignment."""
   cfg = _cfg_curve(results)
   out = {}
   for a in results["arms"]:
     if a["family"] != "cfg":
-      out[a["label"]] = clustered.equal_alignment(results, u, a["label"], cfg, copy=COPY,
-                                                  alignment=ALIGNMENT)
+      out[a["label"]] = clustered.equal_alignment(results, u, a["label"], cfg, copy=copy,
+                                                  alignment=alignment)
   return dict(rule="CFG family's copy rate (memorized conditions), piecewise linear in class "
                    "accuracy over its arms sorted by accuracy (arms of equal accuracy: the least "
                    "copying), at the arm's accuracy; Δ = arm − "
@@ -188,7 +178,8 @@ def _questions(arms: dict, equal: dict) -> dict[str, Any]:
   return out
 
 
-def _frontier(results: dict, arms: dict, tolerance: float) -> dict[str, Any]:
+def _frontier(results: dict, arms: dict, tolerance: float, *, copy: tuple[str, str],
+              alignment: tuple[str, str]) -> dict[str, Any]:
   points = [frontier.ArmPoint(label, r["family"], r["copy_memorized"]["rate"], r["alignment"]["rate"])
             for label, r in arms.items()
             if r["copy_memorized"]["rate"] is not None and r["alignment"]["rate"] is not None]
@@ -212,8 +203,8 @@ def _frontier(results: dict, arms: dict, tolerance: float) -> dict[str, Any]:
                  fd=arms[p.name]["fd"])
       if cfg_best is not None and p.name != cfg_best.name:
         row["vs_cfg"] = dict(arm=cfg_best.name,
-                             copy=paired(results, p.name, cfg_best.name, *COPY),
-                             alignment=paired(results, p.name, cfg_best.name, *ALIGNMENT))
+                             copy=paired(results, p.name, cfg_best.name, *copy),
+                             alignment=paired(results, p.name, cfg_best.name, *alignment))
     headline.append(row)
   return dict(reference=dict(alignment=reference, tolerance=tolerance,
                              arm=max(pool, key=lambda q: q.alignment).name),
